@@ -1,0 +1,200 @@
+"""Wire encoding for every schema type: orjson out, validated dataclasses in.
+
+One generic decoder driven by the dataclasses' own annotations, so a new field is declared once and
+validated everywhere. Every failure is a `SchemaError` that names the offending field by its path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import orjson
+
+T = TypeVar("T")
+
+WIRE_VERSION = 1
+
+
+class SchemaError(ValueError):
+    """Malformed wire data; `field` is the dotted path of the first bad field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+Decoder = Callable[[Any, str], Any]
+_PLANS: dict[type[Any], tuple[tuple[str, Decoder, bool], ...]] = {}
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _join(path: str, name: str | int) -> str:
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}" if path else name
+
+
+def _decoder_for(tp: Any) -> Decoder:
+    origin = get_origin(tp)
+    if tp is Any:
+        return lambda v, p: v
+    if tp is str:
+
+        def dec_str(v: Any, p: str) -> str:
+            if not isinstance(v, str):
+                raise SchemaError(p, f"expected a string, got {_type_name(v)}")
+            return v
+
+        return dec_str
+    if tp is bool:
+
+        def dec_bool(v: Any, p: str) -> bool:
+            if not isinstance(v, bool):
+                raise SchemaError(p, f"expected true or false, got {_type_name(v)}")
+            return v
+
+        return dec_bool
+    if tp is int:
+
+        def dec_int(v: Any, p: str) -> int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise SchemaError(p, f"expected an integer, got {_type_name(v)}")
+            return v
+
+        return dec_int
+    if tp is float:
+
+        def dec_float(v: Any, p: str) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SchemaError(p, f"expected a number, got {_type_name(v)}")
+            return float(v)
+
+        return dec_float
+    if origin is Literal:
+        allowed = get_args(tp)
+
+        def dec_literal(v: Any, p: str) -> Any:
+            if v not in allowed or isinstance(v, bool) != isinstance(allowed[0], bool):
+                raise SchemaError(p, f"expected one of {', '.join(map(repr, allowed))}, got {v!r}")
+            return v
+
+        return dec_literal
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {tp!r}")
+        inner = _decoder_for(args[0])
+        return lambda v, p: None if v is None else inner(v, p)
+    if origin is tuple:
+        items = get_args(tp)
+        if len(items) != 2 or items[1] is not Ellipsis:
+            raise TypeError(f"only tuple[X, ...] is supported, not {tp!r}")
+        item = _decoder_for(items[0])
+
+        def dec_tuple(v: Any, p: str) -> tuple[Any, ...]:
+            if not isinstance(v, list | tuple):
+                raise SchemaError(p, f"expected a list, got {_type_name(v)}")
+            return tuple(item(x, _join(p, i)) for i, x in enumerate(v))
+
+        return dec_tuple
+    if origin in (dict, Mapping) or tp is dict:
+
+        def dec_object(v: Any, p: str) -> dict[str, Any]:
+            if not isinstance(v, dict):
+                raise SchemaError(p, f"expected an object, got {_type_name(v)}")
+            return v
+
+        return dec_object
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return lambda v, p: decode_as(tp, v, p)
+    raise TypeError(f"no wire decoder for {tp!r}")
+
+
+def _plan(cls: type[Any]) -> tuple[tuple[str, Decoder, bool], ...]:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = get_type_hints(cls)
+        plan = tuple(
+            (
+                f.name,
+                _decoder_for(hints[f.name]),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+            if f.init
+        )
+        _PLANS[cls] = plan
+    return plan
+
+
+def decode_as(cls: type[T], data: Any, path: str = "") -> T:
+    """Build `cls` from decoded JSON, checking every field; unknown keys are ignored."""
+    if not isinstance(data, dict):
+        raise SchemaError(path, f"expected an object, got {_type_name(data)}")
+    kwargs: dict[str, Any] = {}
+    for name, dec, required in _plan(cls):
+        if name in data:
+            kwargs[name] = dec(data[name], _join(path, name))
+        elif required:
+            raise SchemaError(_join(path, name), "is required")
+    try:
+        return cls(**kwargs)
+    except SchemaError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(path, str(exc)) from exc
+
+
+def to_wire(obj: Any) -> Any:
+    """A dataclass as plain JSON-ready data (tuples become lists, nested dataclasses dicts)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_wire(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_wire(v) for k, v in obj.items()}
+    return obj
+
+
+def to_compact_wire(obj: Any) -> Any:
+    """Like `to_wire` but drops fields at their defaults: stored state and events stay small."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value != f.default:
+                out[f.name] = to_compact_wire(value)
+        return out
+    if isinstance(obj, tuple | list):
+        return [to_compact_wire(x) for x in obj]
+    return obj
+
+
+def loads(raw: bytes | str, what: str = "body") -> Any:
+    """orjson.loads with a SchemaError that says what could not be read."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError("", f"{what} is not valid JSON: {exc}") from exc
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data)
+
+
+def check_literal(value: str, allowed: tuple[str, ...], field: str) -> None:
+    if value not in allowed:
+        raise SchemaError(field, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def literal_values(tp: Any) -> tuple[str, ...]:
+    """The strings of a Literal alias, so the allowed values are declared once."""
+    return typing.cast(tuple[str, ...], get_args(tp))

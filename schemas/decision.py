@@ -1,0 +1,59 @@
+"""Decision v1 (DESIGN.md §4.5): the answer to one SendRequest, with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from schemas.codec import WIRE_VERSION, decode_as, dumps, loads, to_wire
+from schemas.types import Mechanism, Platform, Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """A mechanism that could carry the message now when the asked one cannot."""
+
+    mechanism: Mechanism
+    detail: str
+    topic: str | None = None
+    tag: str | None = None
+    valid_until: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    request_id: str
+    page_id: str
+    user_id: str
+    decided_at: int
+    allowed: bool
+    reason: Reason
+    detail: str
+    rules_version: str
+    mechanism: Mechanism | None = None
+    tag: str | None = None
+    valid_until: int | None = None
+    alternatives: tuple[Alternative, ...] = ()
+    duplicate: bool = False
+    platform: Platform = "messenger"
+    # windowgate extensions: the rule that allowed it, and the token it reserves (OTN/RN/MM).
+    rule: str | None = None
+    token: str | None = None
+    topic: str | None = None
+
+    def as_duplicate(self) -> Decision:
+        return replace(self, duplicate=True)
+
+
+def decision_to_wire(decision: Decision) -> dict[str, Any]:
+    wire: dict[str, Any] = {"v": WIRE_VERSION}
+    wire.update(to_wire(decision))
+    return wire
+
+
+def encode_decision(decision: Decision) -> bytes:
+    return dumps(decision_to_wire(decision))
+
+
+def decode_decision(raw: bytes | str) -> Decision:
+    return decode_as(Decision, loads(raw, "decision"))

@@ -1,0 +1,52 @@
+"""SendRequest v1 (DESIGN.md §4.4): what another service asks windowgate to send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
+from schemas.events import event_key
+from schemas.types import Platform, Purpose
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRequest:
+    request_id: str
+    page_id: str
+    user_id: str
+    platform: Platform = "messenger"
+    purpose: Purpose = "auto"
+    topic: str | None = None
+    tag: str | None = None
+    human_author: str | None = None
+    message: dict[str, Any] | None = None
+    send_by: int | None = None
+    created_at: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("request_id", "page_id", "user_id"):
+            if not getattr(self, name):
+                raise SchemaError(name, "must not be empty")
+
+    @property
+    def key(self) -> str:
+        return event_key(self.page_id, self.user_id)
+
+
+def request_to_wire(request: SendRequest) -> dict[str, Any]:
+    wire: dict[str, Any] = {"v": WIRE_VERSION}
+    wire.update(to_wire(request))
+    return wire
+
+
+def encode_request(request: SendRequest) -> bytes:
+    return dumps(request_to_wire(request))
+
+
+def request_from_wire(data: Any, path: str = "") -> SendRequest:
+    return decode_as(SendRequest, data, path)
+
+
+def decode_request(raw: bytes | str) -> SendRequest:
+    return request_from_wire(loads(raw, "send request"))

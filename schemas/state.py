@@ -1,0 +1,119 @@
+"""The folded per-user state (and the page-wide state) that every decision is taken against.
+
+Timestamps are Meta's, in epoch ms. Fields that several events can move are kept as maxima or sets
+so that folding is idempotent and, where the rule allows, order-free (DESIGN.md I2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas.codec import WIRE_VERSION, decode_as, dumps, loads, to_compact_wire
+from schemas.decision import Decision
+from schemas.events import RecurringFrequency, event_key
+from schemas.types import Platform
+
+TokenStatus = Literal["available", "reserved", "spent", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class OtnToken:
+    """One One-Time Notification token: one message on `topic` (R-OTN-1)."""
+
+    token: str
+    topic: str
+    created_at: int
+    title: str | None = None
+    status: TokenStatus = "available"
+    request_id: str | None = None
+    released: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringToken:
+    """A recurring-notification / marketing subscription token (R-RN-*, R-MM)."""
+
+    token: str
+    created_at: int
+    topic: str | None = None
+    title: str | None = None
+    frequency: RecurringFrequency | None = None
+    timezone: str | None = None
+    refreshed_at: int | None = None
+    expires_at: int | None = None
+    token_status: str | None = None
+    stopped_at: int | None = None
+    resumed_at: int | None = None
+    last_sent_at: int | None = None
+    last_request_id: str | None = None
+    prev_sent_at: int | None = None
+    released: tuple[str, ...] = ()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at is not None and (
+            self.resumed_at is None or self.stopped_at >= self.resumed_at
+        )
+
+    def matches(self, topic: str) -> bool:
+        return topic in (self.topic, self.title)
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    page_id: str
+    user_id: str
+    platform: Platform = "messenger"
+    last_opener_at: int | None = None
+    last_message_at: int | None = None
+    ad_referral_at: int | None = None
+    meta_closed_at: int | None = None
+    unavailable_at: int | None = None
+    primary_at: int | None = None
+    standby_at: int | None = None
+    thread_owner_app_id: str | None = None
+    thread_owner_at: int | None = None
+    otn: tuple[OtnToken, ...] = ()
+    recurring: tuple[RecurringToken, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return event_key(self.page_id, self.user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PageState:
+    """Page-wide facts (key `"<page_id>:"`): policy-enforcement blocks and Graph restrictions."""
+
+    page_id: str
+    blocked_at: int | None = None
+    unblocked_at: int | None = None
+    block_reason: str | None = None
+
+    @property
+    def restricted(self) -> bool:
+        return self.blocked_at is not None and (
+            self.unblocked_at is None or self.blocked_at >= self.unblocked_at
+        )
+
+
+def encode_user_state(state: UserState) -> bytes:
+    wire = to_compact_wire(state)
+    wire["v"] = WIRE_VERSION
+    return dumps(wire)
+
+
+def decode_user_state(raw: bytes | str) -> UserState:
+    return decode_as(UserState, loads(raw, "user state"))
+
+
+def encode_page_state(state: PageState) -> bytes:
+    wire = to_compact_wire(state)
+    wire["v"] = WIRE_VERSION
+    return dumps(wire)
+
+
+def decode_page_state(raw: bytes | str) -> PageState:
+    return decode_as(PageState, loads(raw, "page state"))

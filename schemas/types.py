@@ -1,0 +1,52 @@
+"""Small vocabularies shared by every schema: platforms, purposes, mechanisms, reasons."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Platform = Literal["messenger", "instagram"]
+PLATFORMS: tuple[Platform, ...] = ("messenger", "instagram")
+
+Purpose = Literal[
+    "auto", "response", "update", "human_agent", "otn", "recurring", "marketing", "utility", "tag"
+]
+
+Mechanism = Literal[
+    "RESPONSE", "UPDATE", "HUMAN_AGENT", "MESSAGE_TAG", "OTN", "RECURRING", "MARKETING", "UTILITY"
+]
+
+# Every reason code of DESIGN.md §4.5, plus the ones windowgate added (marked). A code keeps its
+# meaning forever: add a new one rather than reuse.
+AllowedReason = Literal[
+    "window_open",
+    "human_agent_window",
+    "message_tag",
+    "otn_token",
+    "recurring_token",
+    "marketing_token",
+    "utility_template",
+]
+RefusedReason = Literal[
+    "window_closed",
+    "human_agent_window_closed",
+    "human_author_missing",
+    "human_agent_not_permitted",
+    "tag_retired",
+    "no_token_for_topic",
+    "token_expired",
+    "token_spent",
+    "opted_out",
+    "cooldown",
+    "mechanism_ended",
+    "platform_unsupported",
+    "region_excluded",
+    "user_unavailable",
+    "page_restricted",
+    "thread_owned_by_other_app",
+    "deadline_passed",
+    "invalid_request",
+    # added by windowgate:
+    "mechanism_disabled",  # the rule exists but is switched off (UNCONFIRMED rules default off)
+    "page_not_configured",  # the page lacks a setting the mechanism needs (e.g. ad_account_id)
+]
+Reason = Literal[AllowedReason, RefusedReason]

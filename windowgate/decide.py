@@ -1,0 +1,450 @@
+"""`decide(state, request, now, rules) -> Decision`: may this message be sent now, how, and why.
+
+Pure: the time, the state and the rules are all passed in. Each mechanism has one evaluator that
+returns a `Verdict`; `decide` picks the evaluator the request's purpose names (or the `auto`
+order of DESIGN.md §4.4), and `assess` runs them all, for alternatives and for the window
+service's queries, so every answer about a mechanism comes from the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from schemas.decision import Alternative, Decision
+from schemas.request import SendRequest
+from schemas.state import OtnToken, PageState, RecurringToken, UserState
+from schemas.types import Mechanism, Platform, Reason
+from windowgate.pages import PageConfig
+from windowgate.rulebook import Lookup, RuleBook
+from windowgate.timeconst import DAY_MS, HOUR_MS, add_months
+from windowgate.timestamps import ms_to_iso
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One mechanism's answer: allowed (with the rule and until when) or refused (with why)."""
+
+    allowed: bool
+    reason: Reason
+    detail: str
+    mechanism: Mechanism | None = None
+    rule: str | None = None
+    valid_until: int | None = None
+    tag: str | None = None
+    token: str | None = None
+    topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    state: UserState
+    now: int
+    rules: RuleBook
+    page: PageConfig
+    platform: Platform
+
+    def lookup(self, kind: str, tag: str | None = None) -> Lookup:
+        return self.rules.lookup(kind, self.platform, self.page.page_id, self.now, tag)
+
+
+def _refuse(reason: Reason, detail: str, mechanism: Mechanism | None = None) -> Verdict:
+    return Verdict(False, reason, detail, mechanism)
+
+
+def _from_lookup(lookup: Lookup, mechanism: Mechanism) -> Verdict:
+    return _refuse(lookup.reason or "invalid_request", lookup.detail, mechanism)
+
+
+def _at(ms: int | None) -> str:
+    return ms_to_iso(ms) if ms is not None else "never"
+
+
+# ---- one evaluator per mechanism ---------------------------------------------------------------
+
+
+def window_verdict(ctx: Context, mechanism: Mechanism = "RESPONSE") -> Verdict:
+    """R-WIN-1 (and R-WIN-4 when the page switched it on): open until the last opener + 24 h."""
+    found = ctx.lookup("window")
+    if found.rule is None:
+        return _from_lookup(found, mechanism)
+    state = ctx.state
+    opener = state.last_opener_at
+    if opener is None:
+        return _refuse("window_closed", "the user has never opened a conversation", mechanism)
+    open_until = opener + found.rule.int_param("hours") * HOUR_MS
+    rule_id = found.rule.id
+    ad = ctx.lookup("ad_window")
+    if ad.rule is not None and state.ad_referral_at is not None:
+        ad_until = state.ad_referral_at + ad.rule.int_param("days") * DAY_MS
+        if ad_until > open_until:
+            open_until, rule_id = ad_until, ad.rule.id
+    if state.meta_closed_at is not None and state.meta_closed_at >= opener:
+        return _refuse(
+            "window_closed",
+            f"Meta reported the window closed at {_at(state.meta_closed_at)}, after the last "
+            f"user action at {_at(opener)}",
+            mechanism,
+        )
+    if ctx.now >= open_until:
+        return _refuse(
+            "window_closed",
+            f"the last user action was at {_at(opener)}; the window closed at {_at(open_until)}",
+            mechanism,
+        )
+    reason: Reason = "window_open"
+    detail = f"the user acted at {_at(opener)}; free messaging until {_at(open_until)} ({rule_id})"
+    return Verdict(True, reason, detail, mechanism, rule_id, open_until)
+
+
+def human_agent_verdict(ctx: Context, human_author: str | None) -> Verdict:
+    """R-TAG-HA: a named human, a permitted page, within 7 days of the user's last message."""
+    found = ctx.lookup("human_agent")
+    if found.rule is None:
+        return _from_lookup(found, "HUMAN_AGENT")
+    if not ctx.page.human_agent:
+        return _refuse(
+            "human_agent_not_permitted",
+            f"page {ctx.page.page_id} has no Human Agent permission in the pages file",
+            "HUMAN_AGENT",
+        )
+    if not human_author:
+        return _refuse(
+            "human_author_missing",
+            "HUMAN_AGENT is only for a human's manual reply: name the human in human_author",
+            "HUMAN_AGENT",
+        )
+    last = ctx.state.last_message_at
+    if last is None:
+        return _refuse(
+            "human_agent_window_closed", "the user has never sent a message", "HUMAN_AGENT"
+        )
+    until = last + found.rule.int_param("days") * DAY_MS
+    if ctx.now >= until:
+        return _refuse(
+            "human_agent_window_closed",
+            f"the user's last message was at {_at(last)}; HUMAN_AGENT closed at {_at(until)}",
+            "HUMAN_AGENT",
+        )
+    detail = f"human reply by {human_author} within 7 days of the user's last message ({_at(last)})"
+    return Verdict(
+        True, "human_agent_window", detail, "HUMAN_AGENT", found.rule.id, until, "HUMAN_AGENT"
+    )
+
+
+def otn_verdict(ctx: Context, topic: str | None) -> Verdict:
+    """R-OTN: the oldest unexpired, unused token of `topic`; refused with the most useful reason."""
+    found = ctx.lookup("otn")
+    if found.rule is None:
+        return _from_lookup(found, "OTN")
+    if not topic:
+        return _refuse("invalid_request", "an OTN send must name its topic", "OTN")
+    lifetime = found.rule.int_param("token_days") * DAY_MS
+    tokens = [t for t in ctx.state.otn if t.topic == topic]
+    usable: OtnToken | None = None
+    expired = spent = 0
+    for token in tokens:
+        if token.status != "available":
+            spent += 1
+        elif ctx.now >= token.created_at + lifetime:
+            expired += 1
+        else:
+            usable = token
+            break
+    if usable is not None:
+        until = usable.created_at + lifetime
+        detail = (
+            f"one-time token for {topic!r} from {_at(usable.created_at)}, valid until {_at(until)}"
+        )
+        return Verdict(
+            True, "otn_token", detail, "OTN", found.rule.id, until, None, usable.token, topic
+        )
+    if expired:
+        return _refuse("token_expired", f"every token for {topic!r} is over a year old", "OTN")
+    if spent:
+        return _refuse("token_spent", f"every token for {topic!r} has been used", "OTN")
+    return _refuse("no_token_for_topic", f"the user has no one-time token for {topic!r}", "OTN")
+
+
+def _token_expiry(token: RecurringToken, months: int | None) -> int | None:
+    if token.expires_at is not None:
+        return token.expires_at
+    if months is None:
+        return None
+    start = token.refreshed_at if token.token_status == "REFRESHED" and token.refreshed_at else None
+    return add_months(start or token.created_at, months)
+
+
+def _subscription_verdict(
+    ctx: Context,
+    topic: str | None,
+    mechanism: Mechanism,
+    lookup: Lookup,
+    cooldown_ms: int,
+) -> Verdict:
+    """The shared checks of recurring and marketing tokens: STOP, expiry, cooldown."""
+    if lookup.rule is None:
+        return _from_lookup(lookup, mechanism)
+    rule = lookup.rule
+    tokens = [t for t in ctx.state.recurring if topic is None or t.matches(topic)]
+    about = f"{topic!r}" if topic else "any topic"
+    if not tokens:
+        return _refuse(
+            "no_token_for_topic", f"the user has no subscription token for {about}", mechanism
+        )
+    refusals: list[Verdict] = []
+    for token in tokens:
+        expiry = _token_expiry(token, rule.months_for(token.frequency))
+        if token.stopped:
+            refusals.append(
+                _refuse(
+                    "opted_out", f"the user stopped {about} at {_at(token.stopped_at)}", mechanism
+                )
+            )
+        elif expiry is not None and ctx.now >= expiry:
+            refusals.append(
+                _refuse(
+                    "token_expired", f"the token for {about} expired at {_at(expiry)}", mechanism
+                )
+            )
+        elif token.last_sent_at is not None and ctx.now < token.last_sent_at + cooldown_ms:
+            next_at = token.last_sent_at + cooldown_ms
+            refusals.append(
+                _refuse(
+                    "cooldown",
+                    f"last sent at {_at(token.last_sent_at)}; next send from {_at(next_at)}",
+                    mechanism,
+                )
+            )
+        else:
+            reason: Reason = "recurring_token" if mechanism == "RECURRING" else "marketing_token"
+            detail = f"subscription token for {token.title or token.topic or about} ({rule.id})"
+            return Verdict(
+                True, reason, detail, mechanism, rule.id, expiry, None, token.token, token.topic
+            )
+    return refusals[0]
+
+
+def recurring_verdict(ctx: Context, topic: str | None) -> Verdict:
+    """R-RN-*: legacy recurring notifications (ended 2026-02-10 outside AU/EU/JP/KR/UK)."""
+    cooldown = ctx.lookup("recurring_cooldown")
+    hours = cooldown.rule.int_param("hours") if cooldown.rule else 24
+    return _subscription_verdict(ctx, topic, "RECURRING", ctx.lookup("recurring"), hours * HOUR_MS)
+
+
+def marketing_verdict(ctx: Context, topic: str | None) -> Verdict:
+    """R-MM: the paid Marketing Message API; needs the page's ad account."""
+    found = ctx.lookup("marketing")
+    if found.rule is not None and not ctx.page.ad_account_id:
+        return _refuse(
+            "page_not_configured",
+            f"page {ctx.page.page_id} has no ad_account_id in the pages file",
+            "MARKETING",
+        )
+    hours = found.rule.int_param("cooldown_hours") if found.rule else 24
+    return _subscription_verdict(ctx, topic, "MARKETING", found, hours * HOUR_MS)
+
+
+def utility_verdict(ctx: Context, message: dict[str, Any] | None) -> Verdict:
+    """R-UTIL: only an approved utility template, named in message.template.name."""
+    found = ctx.lookup("utility")
+    if found.rule is None:
+        return _from_lookup(found, "UTILITY")
+    template = (message or {}).get("template")
+    name = template.get("name") if isinstance(template, dict) else None
+    if not isinstance(name, str) or not name:
+        return _refuse("invalid_request", "a UTILITY send needs message.template.name", "UTILITY")
+    return Verdict(
+        True, "utility_template", f"approved utility template {name!r}", "UTILITY", found.rule.id
+    )
+
+
+def tag_verdict(ctx: Context, tag: str | None, human_author: str | None) -> Verdict:
+    """A Meta message tag in force for the platform; HUMAN_AGENT goes to its own rule."""
+    if not tag:
+        return _refuse("invalid_request", "purpose 'tag' needs a tag", "MESSAGE_TAG")
+    if tag == "HUMAN_AGENT":
+        return human_agent_verdict(ctx, human_author)
+    found = ctx.lookup("message_tag", tag)
+    if found.rule is None:
+        return _from_lookup(found, "MESSAGE_TAG")
+    until = None
+    if "days" in found.rule.params:
+        last = ctx.state.last_message_at
+        until = (last or 0) + found.rule.int_param("days") * DAY_MS
+        if last is None or ctx.now >= until:
+            return _refuse(
+                "window_closed",
+                f"{tag} is allowed only within {found.rule.params['days']} days of the "
+                "user's last message",
+                "MESSAGE_TAG",
+            )
+    return Verdict(
+        True,
+        "message_tag",
+        f"tag {tag} ({found.rule.id})",
+        "MESSAGE_TAG",
+        found.rule.id,
+        until,
+        tag,
+    )
+
+
+# ---- preconditions, purposes, alternatives ----------------------------------------------------
+
+
+def _blocked(ctx: Context, page_state: PageState | None) -> Verdict | None:
+    if page_state is not None and page_state.restricted:
+        why = page_state.block_reason or "policy enforcement"
+        return _refuse(
+            "page_restricted", f"the page is restricted since {_at(page_state.blocked_at)}: {why}"
+        )
+    state = ctx.state
+    if state.unavailable_at is not None and (
+        state.last_opener_at is None or state.unavailable_at >= state.last_opener_at
+    ):
+        return _refuse(
+            "user_unavailable",
+            f"Meta reported the user unavailable at {_at(state.unavailable_at)}; "
+            "waiting for them to write again",
+        )
+    if state.standby_at is not None and (
+        state.primary_at is None or state.standby_at >= state.primary_at
+    ):
+        return _refuse(
+            "thread_owned_by_other_app", "another app owns this thread (handover protocol)"
+        )
+    return None
+
+
+def _auto(ctx: Context, request: SendRequest) -> Verdict:
+    window = window_verdict(ctx)
+    if window.allowed:
+        return window
+    if request.human_author:
+        human = human_agent_verdict(ctx, request.human_author)
+        if human.allowed or not request.topic:
+            return human
+    if request.topic:
+        return otn_verdict(ctx, request.topic)
+    return window
+
+
+_PURPOSES: dict[str, Callable[[Context, SendRequest], Verdict]] = {
+    "auto": _auto,
+    "response": lambda ctx, r: window_verdict(ctx, "RESPONSE"),
+    "update": lambda ctx, r: window_verdict(ctx, "UPDATE"),
+    "human_agent": lambda ctx, r: human_agent_verdict(ctx, r.human_author),
+    "otn": lambda ctx, r: otn_verdict(ctx, r.topic),
+    "recurring": lambda ctx, r: recurring_verdict(ctx, r.topic),
+    "marketing": lambda ctx, r: marketing_verdict(ctx, r.topic),
+    "utility": lambda ctx, r: utility_verdict(ctx, r.message),
+    "tag": lambda ctx, r: tag_verdict(ctx, r.tag, r.human_author),
+}
+
+
+def assess(
+    state: UserState,
+    now: int,
+    rules: RuleBook,
+    page_state: PageState | None = None,
+) -> list[Verdict]:
+    """Every mechanism's verdict for this user now: one per OTN topic and subscription token."""
+    ctx = Context(state, now, rules, rules.page(state.page_id), state.platform)
+    blocked = _blocked(ctx, page_state)
+    if blocked is not None:
+        return [blocked]
+    human = human_agent_verdict(ctx, "a human")
+    utility = utility_verdict(ctx, {"template": {"name": "approved"}})
+    verdicts = [
+        window_verdict(ctx),
+        replace(human, detail=f"a human's manual reply, named in human_author ({human.detail})")
+        if human.allowed
+        else human,
+        replace(utility, detail="an approved utility template in message.template.name")
+        if utility.allowed
+        else utility,
+    ]
+    verdicts += [otn_verdict(ctx, topic) for topic in dict.fromkeys(t.topic for t in state.otn)]
+    for token in state.recurring:
+        verdicts.append(recurring_verdict(ctx, token.topic or token.title))
+        verdicts.append(marketing_verdict(ctx, token.topic or token.title))
+    for rule in rules.tags(ctx.platform, state.page_id, now):
+        verdicts.append(tag_verdict(ctx, rule.tag, None))
+    return verdicts
+
+
+def _alternatives(
+    ctx: Context, page_state: PageState | None, asked: Verdict
+) -> tuple[Alternative, ...]:
+    found = []
+    for verdict in assess(ctx.state, ctx.now, ctx.rules, page_state):
+        if (
+            verdict.allowed
+            and verdict.mechanism is not None
+            and (verdict.mechanism != asked.mechanism or verdict.topic != asked.topic)
+        ):
+            found.append(
+                Alternative(
+                    mechanism=verdict.mechanism,
+                    detail=verdict.detail,
+                    topic=verdict.topic,
+                    tag=verdict.tag,
+                    valid_until=verdict.valid_until,
+                )
+            )
+    return tuple(found)
+
+
+def decide(
+    state: UserState,
+    request: SendRequest,
+    now: int,
+    rules: RuleBook,
+    page_state: PageState | None = None,
+) -> Decision:
+    """The decision for `request` at `now`; a request_id already decided gets its first decision."""
+    for past in state.decisions:
+        if past.request_id == request.request_id:
+            return past.as_duplicate()
+    ctx = Context(state, now, rules, rules.page(request.page_id), request.platform)
+    verdict = _precheck(ctx, request, page_state) or _PURPOSES[request.purpose](ctx, request)
+    if (
+        verdict.allowed
+        and request.send_by is not None
+        and (verdict.valid_until is None or request.send_by < verdict.valid_until)
+    ):
+        verdict = replace(verdict, valid_until=request.send_by)
+    alternatives = () if verdict.allowed else _alternatives(ctx, page_state, verdict)
+    return Decision(
+        request_id=request.request_id,
+        page_id=request.page_id,
+        user_id=request.user_id,
+        decided_at=now,
+        allowed=verdict.allowed,
+        reason=verdict.reason,
+        detail=verdict.detail,
+        rules_version=rules.version,
+        mechanism=verdict.mechanism,
+        tag=verdict.tag,
+        valid_until=verdict.valid_until,
+        alternatives=alternatives,
+        platform=request.platform,
+        rule=verdict.rule,
+        token=verdict.token,
+        topic=verdict.topic,
+    )
+
+
+def _precheck(ctx: Context, request: SendRequest, page_state: PageState | None) -> Verdict | None:
+    if request.send_by is not None and ctx.now >= request.send_by:
+        return _refuse("deadline_passed", f"send_by {_at(request.send_by)} has passed")
+    if request.purpose == "tag" and not request.tag:
+        return _refuse("invalid_request", "purpose 'tag' needs a tag")
+    return _blocked(ctx, page_state)
+
+
+def still_valid(decision: Decision, now: int) -> bool:
+    """I6: just before the Graph call, is an allowed decision still inside its validity?"""
+    return decision.allowed and (decision.valid_until is None or now < decision.valid_until)

@@ -1,0 +1,379 @@
+"""`fold(state, event) -> state`: one small pure function per event kind (eventsourcing style).
+
+Every transition is idempotent (applying an event twice equals once) and, where the rule is
+order-free, commutative: times are kept as maxima, tokens as sets keyed by token, and a token's
+life-cycle only moves forward (available → reserved → unknown → spent; a release names the request
+it undoes, and a request once released can never reserve again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from schemas.decision import Decision
+from schemas.events import (
+    Event,
+    MessageReceived,
+    OtnOptin,
+    PageRestricted,
+    PluginOptin,
+    PolicyEnforcement,
+    PostbackReceived,
+    ReactionReceived,
+    RecurringOptin,
+    RecurringStatus,
+    ReferralReceived,
+    RequestDecided,
+    ThreadControl,
+    TokenOptedOut,
+    TokenOutcomeUnknown,
+    TokenReleased,
+    TokenReserved,
+    TokenSpent,
+    UserUnavailable,
+    WindowClosedByMeta,
+)
+from schemas.state import OtnToken, PageState, RecurringToken, TokenStatus, UserState
+
+# How many past decisions a user's state remembers for duplicate request_ids (I3). Older duplicates
+# are decided afresh; tokens stay safe regardless, because a spent token is never granted again.
+REMEMBERED_DECISIONS = 32
+
+_TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
+# Forward-only order of an OTN token's life-cycle; a later rank never goes back (except release).
+_STATUS_RANK: dict[TokenStatus, int] = {"available": 0, "reserved": 1, "unknown": 2, "spent": 3}
+
+E = TypeVar("E", bound=Event)
+S = TypeVar("S")
+
+
+def _max(current: int | None, value: int) -> int:
+    return value if current is None or value > current else current
+
+
+# ---- the window and the thread -----------------------------------------------------------------
+
+
+def _user_action(
+    state: UserState, event: Event, opens: bool, standby: bool, message: bool = False
+) -> UserState:
+    """One `replace` per event: fold is the hot path of the window service."""
+    changes: dict[str, Any] = {}
+    ts = event.timestamp
+    if opens:
+        changes["last_opener_at"] = _max(state.last_opener_at, ts)
+    if standby:
+        changes["standby_at"] = _max(state.standby_at, ts)
+    else:
+        changes["primary_at"] = _max(state.primary_at, ts)
+    if message:
+        changes["last_message_at"] = _max(state.last_message_at, ts)
+        referral = getattr(event, "referral", None)
+        if referral is not None and referral.from_ad:
+            changes["ad_referral_at"] = _max(state.ad_referral_at, ts)
+    if state.platform != event.platform:
+        changes["platform"] = event.platform
+    return replace(state, **changes)
+
+
+def _on_message(state: UserState, event: MessageReceived) -> UserState:
+    return _user_action(state, event, True, event.standby, message=True)
+
+
+def _on_postback(state: UserState, event: PostbackReceived) -> UserState:
+    return _user_action(state, event, True, event.standby)
+
+
+def _on_referral(state: UserState, event: ReferralReceived) -> UserState:
+    return _user_action(state, event, True, event.standby)
+
+
+def _on_reaction(state: UserState, event: ReactionReceived) -> UserState:
+    return _user_action(state, event, event.action == "react", event.standby)
+
+
+def _on_plugin_optin(state: UserState, event: PluginOptin) -> UserState:
+    return _user_action(state, event, True, False)
+
+
+def _on_thread_control(state: UserState, event: ThreadControl) -> UserState:
+    """`pass` is delivered to the app that receives the thread, `take` to the one that lost it."""
+    if event.action == "pass":
+        return replace(state, primary_at=_max(state.primary_at, event.timestamp))
+    if event.action == "take":
+        return replace(state, standby_at=_max(state.standby_at, event.timestamp))
+    return state
+
+
+def _on_window_closed(state: UserState, event: WindowClosedByMeta) -> UserState:
+    return replace(state, meta_closed_at=_max(state.meta_closed_at, event.timestamp))
+
+
+def _on_unavailable(state: UserState, event: UserUnavailable) -> UserState:
+    return replace(state, unavailable_at=_max(state.unavailable_at, event.timestamp))
+
+
+# ---- OTN tokens --------------------------------------------------------------------------------
+
+
+def _with_otn(state: UserState, token: str, change: Callable[[OtnToken], OtnToken]) -> UserState:
+    for i, current in enumerate(state.otn):
+        if current.token == token:
+            updated = change(current)
+            if updated == current:
+                return state
+            return replace(state, otn=(*state.otn[:i], updated, *state.otn[i + 1 :]))
+    return state
+
+
+def _on_otn_optin(state: UserState, event: OtnOptin) -> UserState:
+    if any(t.token == event.token for t in state.otn):
+        return state
+    token = OtnToken(
+        token=event.token, topic=event.topic, created_at=event.timestamp, title=event.title
+    )
+    return replace(
+        state, otn=tuple(sorted((*state.otn, token), key=lambda t: (t.created_at, t.token)))
+    )
+
+
+def _reserve_otn(token: OtnToken, request_id: str) -> OtnToken:
+    if token.status != "available" or request_id in token.released:
+        return token
+    return replace(token, status="reserved", request_id=request_id)
+
+
+def _advance_otn(status: TokenStatus, request_id: str) -> Callable[[OtnToken], OtnToken]:
+    def change(token: OtnToken) -> OtnToken:
+        if _STATUS_RANK[status] <= _STATUS_RANK[token.status]:
+            return token
+        return replace(token, status=status, request_id=request_id)
+
+    return change
+
+
+def _release_otn(request_id: str) -> Callable[[OtnToken], OtnToken]:
+    def change(token: OtnToken) -> OtnToken:
+        released = token.released if request_id in token.released else (*token.released, request_id)
+        if token.status == "reserved" and token.request_id == request_id:
+            return replace(token, status="available", request_id=None, released=released)
+        return replace(token, released=released)
+
+    return change
+
+
+# ---- recurring / marketing tokens --------------------------------------------------------------
+
+
+def _with_recurring(
+    state: UserState,
+    token: str,
+    created_at: int,
+    change: Callable[[RecurringToken], RecurringToken],
+) -> UserState:
+    for i, current in enumerate(state.recurring):
+        if current.token == token:
+            updated = change(current)
+            if updated == current:
+                return state
+            recurring = (*state.recurring[:i], updated, *state.recurring[i + 1 :])
+            return replace(state, recurring=_by_age(recurring))
+    fresh = change(RecurringToken(token=token, created_at=created_at))
+    return replace(state, recurring=_by_age((*state.recurring, fresh)))
+
+
+def _by_age(tokens: tuple[RecurringToken, ...]) -> tuple[RecurringToken, ...]:
+    return tuple(sorted(tokens, key=lambda t: (t.created_at, t.token)))
+
+
+def _on_recurring_optin(state: UserState, event: RecurringOptin) -> UserState:
+    def change(token: RecurringToken) -> RecurringToken:
+        created = min(token.created_at, event.timestamp)
+        newest = token.refreshed_at is None or event.timestamp >= token.refreshed_at
+        if not newest:
+            return replace(token, created_at=created)
+        return replace(
+            token,
+            created_at=created,
+            refreshed_at=event.timestamp,
+            topic=event.topic or token.topic,
+            title=event.title or token.title,
+            frequency=event.frequency or token.frequency,
+            timezone=event.timezone or token.timezone,
+            expires_at=event.expires_at or token.expires_at,
+            token_status=event.token_status or token.token_status,
+        )
+
+    return _with_recurring(state, event.token, event.timestamp, change)
+
+
+def _on_recurring_status(state: UserState, event: RecurringStatus) -> UserState:
+    def change(token: RecurringToken) -> RecurringToken:
+        if event.status == "STOP":
+            return replace(token, stopped_at=_max(token.stopped_at, event.timestamp))
+        return replace(token, resumed_at=_max(token.resumed_at, event.timestamp))
+
+    return _with_recurring(state, event.token, event.timestamp, change)
+
+
+def _reserve_recurring(token: RecurringToken, request_id: str, at: int) -> RecurringToken:
+    if request_id in token.released or token.last_request_id == request_id:
+        return token
+    if token.last_sent_at is not None and at < token.last_sent_at:
+        return token
+    return replace(
+        token, prev_sent_at=token.last_sent_at, last_sent_at=at, last_request_id=request_id
+    )
+
+
+def _release_recurring(request_id: str) -> Callable[[RecurringToken], RecurringToken]:
+    def change(token: RecurringToken) -> RecurringToken:
+        if request_id in token.released:
+            return token
+        released = (*token.released, request_id)
+        if token.last_request_id == request_id:
+            return replace(
+                token,
+                last_sent_at=token.prev_sent_at,
+                prev_sent_at=None,
+                last_request_id=None,
+                released=released,
+            )
+        return replace(token, released=released)
+
+    return change
+
+
+# ---- the dispatcher's facts --------------------------------------------------------------------
+
+
+def _remember(decisions: tuple[Decision, ...], decision: Decision) -> tuple[Decision, ...]:
+    if any(d.request_id == decision.request_id for d in decisions):
+        return decisions
+    ordered = sorted((*decisions, decision), key=lambda d: (d.decided_at, d.request_id))
+    return tuple(ordered[-REMEMBERED_DECISIONS:])
+
+
+def _reserve(state: UserState, token: str, request_id: str, at: int) -> UserState:
+    if any(t.token == token for t in state.otn):
+        return _with_otn(state, token, lambda t: _reserve_otn(t, request_id))
+    if any(t.token == token for t in state.recurring):
+        return _with_recurring(state, token, at, lambda t: _reserve_recurring(t, request_id, at))
+    return state
+
+
+def _on_request_decided(state: UserState, event: RequestDecided) -> UserState:
+    decision = event.decision
+    state = replace(state, decisions=_remember(state.decisions, decision))
+    if decision.allowed and decision.token and decision.mechanism in _TOKEN_MECHANISMS:
+        state = _reserve(state, decision.token, decision.request_id, decision.decided_at)
+    return state
+
+
+def _on_token_reserved(state: UserState, event: TokenReserved) -> UserState:
+    return _reserve(state, event.token, event.request_id, event.timestamp)
+
+
+def _on_token_spent(state: UserState, event: TokenSpent) -> UserState:
+    return _with_otn(state, event.token, _advance_otn("spent", event.request_id))
+
+
+def _on_token_unknown(state: UserState, event: TokenOutcomeUnknown) -> UserState:
+    return _with_otn(state, event.token, _advance_otn("unknown", event.request_id))
+
+
+def _on_token_released(state: UserState, event: TokenReleased) -> UserState:
+    state = _with_otn(state, event.token, _release_otn(event.request_id))
+    if any(t.token == event.token for t in state.recurring):
+        state = _with_recurring(
+            state, event.token, event.timestamp, _release_recurring(event.request_id)
+        )
+    return state
+
+
+def _on_token_opted_out(state: UserState, event: TokenOptedOut) -> UserState:
+    """Meta's 10/1893015 for a recurring token is a STOP; for an OTN token it is spent for good."""
+    state = _with_otn(state, event.token, _advance_otn("spent", ""))
+    if any(t.token == event.token for t in state.recurring):
+        stop = RecurringStatus(
+            page_id=event.page_id,
+            user_id=event.user_id,
+            timestamp=event.timestamp,
+            token=event.token,
+            status="STOP",
+        )
+        state = _on_recurring_status(state, stop)
+    return state
+
+
+# ---- dispatch ----------------------------------------------------------------------------------
+
+_UserHandler = Callable[[UserState, Any], UserState]
+_USER_HANDLERS: dict[type[Event], _UserHandler] = {
+    MessageReceived: _on_message,
+    PostbackReceived: _on_postback,
+    ReferralReceived: _on_referral,
+    ReactionReceived: _on_reaction,
+    PluginOptin: _on_plugin_optin,
+    ThreadControl: _on_thread_control,
+    WindowClosedByMeta: _on_window_closed,
+    UserUnavailable: _on_unavailable,
+    OtnOptin: _on_otn_optin,
+    RecurringOptin: _on_recurring_optin,
+    RecurringStatus: _on_recurring_status,
+    RequestDecided: _on_request_decided,
+    TokenReserved: _on_token_reserved,
+    TokenSpent: _on_token_spent,
+    TokenOutcomeUnknown: _on_token_unknown,
+    TokenReleased: _on_token_released,
+    TokenOptedOut: _on_token_opted_out,
+}
+
+
+def fold(state: UserState, event: Event) -> UserState:
+    """The user's state after `event`. Kinds that change nothing (reads, echoes…) return `state`."""
+    handler = _USER_HANDLERS.get(type(event))
+    return state if handler is None else handler(state, event)
+
+
+def _on_policy(state: PageState, event: PolicyEnforcement) -> PageState:
+    if event.action == "block":
+        if state.blocked_at is not None and event.timestamp < state.blocked_at:
+            return state
+        return replace(state, blocked_at=event.timestamp, block_reason=event.reason)
+    return replace(state, unblocked_at=_max(state.unblocked_at, event.timestamp))
+
+
+def _on_page_restricted(state: PageState, event: PageRestricted) -> PageState:
+    if state.blocked_at is not None and event.timestamp < state.blocked_at:
+        return state
+    reason = f"Graph API error {event.error_code}/{event.error_subcode}"
+    return replace(state, blocked_at=event.timestamp, block_reason=reason)
+
+
+_PAGE_HANDLERS: dict[type[Event], Callable[[PageState, Any], PageState]] = {
+    PolicyEnforcement: _on_policy,
+    PageRestricted: _on_page_restricted,
+}
+
+
+def fold_page(state: PageState, event: Event) -> PageState:
+    """The page-wide state (key `"<page_id>:"`) after `event`."""
+    handler = _PAGE_HANDLERS.get(type(event))
+    return state if handler is None else handler(state, event)
+
+
+def is_page_event(event: Event) -> bool:
+    return type(event) in _PAGE_HANDLERS
+
+
+def empty_state(event: Event) -> UserState:
+    return UserState(page_id=event.page_id, user_id=event.user_id, platform=event.platform)
+
+
+def fold_all(state: UserState, events: list[Event]) -> UserState:
+    for event in events:
+        state = fold(state, event)
+    return state
