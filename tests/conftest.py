@@ -9,6 +9,7 @@
    the end of the session (needs Java 17+, and Maven for the first jar fetch).
 
 A broker that cannot be had fails the tests that need it (never skips), in CI and outside it.
+``WINDOWGATE_KAFKA_TIMEOUT`` (seconds, default 90) bounds the wait for the broker to answer.
 Tests that use ``kafka_bootstrap`` get the ``integration`` marker automatically
 (``pytest -m "not integration"`` deselects them).
 """
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 import pytest
 
 from windowgate.devbroker import (
+    DEFAULT_READY_TIMEOUT_S,
     LocalKafka,
     create_topics,
     free_port,
@@ -33,7 +35,7 @@ from windowgate.devbroker import (
 )
 
 KAFKA_IMAGE = "apache/kafka:4.1.2"
-BROKER_TIMEOUT_S = float(os.environ.get("WINDOWGATE_KAFKA_TIMEOUT", "120"))
+BROKER_TIMEOUT_S = float(os.environ.get("WINDOWGATE_KAFKA_TIMEOUT", DEFAULT_READY_TIMEOUT_S))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -119,17 +121,21 @@ def kafka_bootstrap() -> Iterator[str]:
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     stack = contextlib.ExitStack()
     started = time.monotonic()
+    bootstrap = ""
+    error: Exception | None = None
     try:
         if given:
-            wait_ready(given.split(",")[0].strip(), timeout_s=30)
+            wait_ready(given.split(",")[0].strip(), timeout_s=min(30.0, BROKER_TIMEOUT_S))
             bootstrap = given
         elif _docker_answers():
             bootstrap = stack.enter_context(_docker_kafka())
         else:
             bootstrap = stack.enter_context(_local_kafka())
     except Exception as exc:  # BrokerError, docker errors, ...
+        error = exc
+    if error is not None:
         stack.close()
-        where = "CI" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "here"
+        where = "in CI" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "here"
         hint = (
             f"KAFKA_BOOTSTRAP_SERVERS={given} does not answer"
             if given
@@ -138,7 +144,8 @@ def kafka_bootstrap() -> Iterator[str]:
         )
         pytest.fail(
             f"no Kafka broker for the integration tests {where} "
-            f"(after {time.monotonic() - started:.0f} s): {hint}\n{type(exc).__name__}: {exc}",
+            f"(after {time.monotonic() - started:.0f} s): {hint}\n"
+            f"{type(error).__name__}: {error}",
             pytrace=False,
         )
     with stack:

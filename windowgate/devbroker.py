@@ -569,12 +569,24 @@ def _wait_gone(pid: int) -> Callable[[float], bool]:
 # --------------------------------------------------------------------------------------------
 
 
+_TEMP_PREFIX = "windowgate-kafka-"
+
+
+def _sweep_orphaned_data_dirs() -> None:
+    """Remove temporary data dirs left by a killed session (their broker died with it)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_TEMP_PREFIX}*"):
+        node = _Node(path)
+        if node.pid_file.is_file() and node.read_pid() is None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class LocalKafka:
     """A throwaway broker: free ports, a temporary data dir, killed (group and all) by stop().
 
     ``start()`` blocks until the broker answers an admin request and returns the bootstrap
     string; it may be called from sync code or from inside a running event loop. The broker
-    process gets SIGTERM if the Python process that started it dies (Linux).
+    gets SIGTERM if the thread that called start() dies (Linux PR_SET_PDEATHSIG), so a killed
+    test run leaves no broker behind: call start() from a long-lived thread (e.g. the main one).
     """
 
     def __init__(
@@ -608,7 +620,8 @@ class LocalKafka:
         java = _java()
         libs = ensure_jars(self._jars_home)
         if self._data_dir is None:
-            self._data_dir = Path(tempfile.mkdtemp(prefix="windowgate-kafka-"))
+            _sweep_orphaned_data_dirs()
+            self._data_dir = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX))
         node = self._node = _Node(self._data_dir)
         port = self._port if self._port is not None else free_port()
         controller_port = self._controller_port

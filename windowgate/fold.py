@@ -190,7 +190,9 @@ def _by_age(tokens: tuple[RecurringToken, ...]) -> tuple[RecurringToken, ...]:
 
 def _on_recurring_optin(state: UserState, event: RecurringOptin) -> UserState:
     def change(token: RecurringToken) -> RecurringToken:
-        created = min(token.created_at, event.timestamp)
+        # A STOP seen before any opt-in leaves a stub whose created_at is no opt-in's time.
+        first_optin = token.refreshed_at is None
+        created = event.timestamp if first_optin else min(token.created_at, event.timestamp)
         newest = token.refreshed_at is None or event.timestamp >= token.refreshed_at
         if not newest:
             return replace(token, created_at=created)
@@ -211,6 +213,8 @@ def _on_recurring_optin(state: UserState, event: RecurringOptin) -> UserState:
 
 def _on_recurring_status(state: UserState, event: RecurringStatus) -> UserState:
     def change(token: RecurringToken) -> RecurringToken:
+        if token.refreshed_at is None and event.timestamp < token.created_at:
+            token = replace(token, created_at=event.timestamp)  # a stub: keep the earliest sign
         if event.status == "STOP":
             return replace(token, stopped_at=_max(token.stopped_at, event.timestamp))
         return replace(token, resumed_at=_max(token.resumed_at, event.timestamp))

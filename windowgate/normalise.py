@@ -110,6 +110,8 @@ class Unsupported:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Normalised:
+    """One body's result: events in body order, and what produced none (neither is ever dropped)."""
+
     events: tuple[Event, ...] = ()
     unsupported: tuple[Unsupported, ...] = ()
 

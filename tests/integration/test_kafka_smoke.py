@@ -72,7 +72,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     while not (ids := consumer.partitions_for_topic(topic)):
         if time.monotonic() > deadline:
             pytest.fail(f"topic {topic} has no partitions after {DEADLINE_S} s")
-        await consumer._client.force_metadata_update()
+        await consumer.topics()  # a metadata request: learns about the topic
         await asyncio.sleep(0.1)
     return [TopicPartition(topic, p) for p in sorted(ids)]
 

@@ -1,0 +1,479 @@
+"""The `windowgate` command line (DESIGN.md §4.1).
+
+    windowgate decide --webhooks FILE --request FILE [--now ISO8601] [--rules FILE] [--pages FILE]
+    windowgate rules [--at DATE] [--json]
+    windowgate rules diff FROM TO [--json]
+
+`decide` is the offline gateway: no broker, no services, the same pure core they use. This module
+is the only place that reads the clock (`--now` defaults to the wall clock) and the only one that
+prints. Malformed input exits 2 with one message naming the file, the line and the field; refused
+decisions are answers, not errors (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import orjson
+
+from schemas.codec import SchemaError
+from schemas.decision import encode_decision
+from schemas.request import SendRequest, request_from_wire
+from windowgate.offline import OfflineGateway
+from windowgate.pages import load_pages
+from windowgate.rulebook import Rule, RuleBook, load_rules
+from windowgate.timestamps import ms_to_iso, parse_iso_ms
+
+PROG = "windowgate"
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class InputError(Exception):
+    """Malformed user input: `windowgate: <where>: <problem>` on stderr, exit 2."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class _ParserExit(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(status)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that returns from `main` instead of calling sys.exit (tests call `main`)."""
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise _ParserExit(status)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _parse_time(text: str, what: str) -> int:
+    try:
+        return parse_iso_ms(text)
+    except ValueError as exc:
+        raise InputError(
+            what, f"{exc} (expected e.g. 2026-04-27 or 2026-04-27T09:30:00Z)"
+        ) from None
+
+
+def _day(ms: int) -> str:
+    """An ISO time, shortened to the date at UTC midnight (how rule dates are written)."""
+    iso = ms_to_iso(ms)
+    return iso.removesuffix("T00:00:00Z")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read the {what} file: {exc.strerror or exc}") from None
+
+
+def _json_lines(path: str, what: str) -> Iterator[tuple[str, Any]]:
+    """(where, parsed JSON) for every non-blank line; `where` is "<path> line <n>"."""
+    for number, line in enumerate(_read(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            yield where, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(
+                where,
+                f"not valid JSON ({exc.msg} at column {exc.colno}); "
+                f"the {what} file holds one whole JSON document per line",
+            ) from None
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def _load_book(rules_path: str | None, pages_path: str | None) -> RuleBook:
+    pages = None
+    if pages_path is not None:
+        try:
+            pages = load_pages(pages_path)
+        except SchemaError as exc:
+            raise _file_error("pages", pages_path, exc) from None
+    try:
+        return load_rules(rules_path, pages)
+    except SchemaError as exc:
+        # Page overrides are checked against the rules: name the file the mistake is in.
+        if pages_path is not None and exc.field.startswith("pages."):
+            raise _file_error("pages", pages_path, exc) from None
+        raise _file_error("rules", rules_path, exc) from None
+
+
+def _file_error(what: str, path: str | None, exc: SchemaError) -> InputError:
+    """A field error names its file; a whole-file error ("cannot read ...") names it already."""
+    if not exc.field:
+        return InputError("", exc.problem)
+    return InputError(f"{what} file {path or '(packaged)'}", str(exc))
+
+
+# ---- windowgate decide ---------------------------------------------------------------------------
+
+
+def _cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
+    now = _wall_clock_ms() if args.now is None else _parse_time(args.now, "--now")
+    book = _load_book(args.rules, args.pages)
+    gateway = OfflineGateway(book)
+
+    for where, body in _json_lines(args.webhooks, "webhooks"):
+        try:
+            unsupported = gateway.apply_webhook(body)
+        except SchemaError as exc:
+            raise InputError(where, f"not a webhook body: {exc}") from None
+        for item in unsupported:
+            _warn(f"{where}: {item.path}: ignored: {item.reason}")
+
+    # Read every request before deciding any, so malformed input prints no decision at all.
+    requests: list[SendRequest] = []
+    for where, data in _json_lines(args.request, "requests"):
+        try:
+            requests.append(request_from_wire(data))
+        except SchemaError as exc:
+            raise InputError(where, str(exc) or "not a send request") from None
+    if not requests:
+        _warn(f"{args.request}: no requests to decide")
+
+    for request in requests:
+        try:
+            decision = gateway.decide(request, now)
+        except SchemaError as exc:  # a custom rules file whose params the core cannot use
+            raise _file_error("rules", args.rules, exc) from None
+        out.write(encode_decision(decision).decode())
+        out.write("\n")
+    return EXIT_OK
+
+
+# ---- windowgate rules ----------------------------------------------------------------------------
+
+
+def _effective(rule: Rule) -> str:
+    start, end = rule.effective_from, rule.effective_until
+    if start is not None and end is not None:
+        return f"{_day(start)} → {_day(end)}"
+    if start is not None:
+        return f"from {_day(start)}"
+    if end is not None:
+        return f"until {_day(end)}"
+    return "always"
+
+
+def _what(rule: Rule) -> str:
+    what = f"tag {rule.tag}" if rule.tag else rule.kind
+    if not rule.enabled:
+        what += " (off" + (", page may switch on)" if rule.switchable else ")")
+    return what
+
+
+def _scope(rule: Rule) -> str:
+    scope = ",".join(sorted(rule.platforms))
+    if rule.regions is not None:
+        scope += " only " + ",".join(sorted(rule.regions))
+    if rule.excluded_regions is not None:
+        scope += " not " + ",".join(sorted(rule.excluded_regions))
+    return scope
+
+
+def _table(rules: Sequence[Rule], indent: str = "") -> list[str]:
+    rows = [(r.id, _what(r), _scope(r), _effective(r), r.summary) for r in rules]
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [
+        indent
+        + "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
+    ]
+
+
+def _source(args: argparse.Namespace) -> str:
+    return f"rules file {args.rules}" if args.rules else "packaged rules"
+
+
+def _cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
+    at = _wall_clock_ms() if args.at is None else _parse_time(args.at, "--at")
+    book = _load_book(args.rules, None)
+    rules = book.in_force_at(at)
+    if args.json:
+        out.write(orjson.dumps([r.describe() for r in rules], option=orjson.OPT_INDENT_2).decode())
+        out.write("\n")
+        return EXIT_OK
+    out.write(
+        f"{len(rules)} rules in force at {ms_to_iso(at)} "
+        f"(rules version {book.version}, {_source(args)}):\n"
+    )
+    for line in _table(rules, "  "):
+        out.write(line + "\n")
+    out.write("Dates are UTC; 'from' is inclusive, 'until' exclusive. --json for machine output.\n")
+    return EXIT_OK
+
+
+_DIFF_FIELDS = ("kind", "platforms", "enabled", "regions", "excluded_regions", "params")
+
+
+def _rule_changes(before: Rule, after: Rule) -> dict[str, list[Any]]:
+    """What differs between two versions of one rule, field by field (params key by key)."""
+    old, new = before.describe(), after.describe()
+    changes: dict[str, list[Any]] = {}
+    for name in _DIFF_FIELDS:
+        if name == "params":
+            old_params, new_params = old.get("params") or {}, new.get("params") or {}
+            for key in sorted(set(old_params) | set(new_params)):
+                if old_params.get(key) != new_params.get(key):
+                    changes[f"params.{key}"] = [old_params.get(key), new_params.get(key)]
+        elif old.get(name) != new.get(name):
+            changes[name] = [old.get(name), new.get(name)]
+    return changes
+
+
+def rules_diff(book: RuleBook, start: int, end: int) -> dict[str, Any]:
+    """The rules that came into force, ended, or changed (same id and tag) from `start` to `end`."""
+    before: dict[tuple[str, str | None], list[Rule]] = {}
+    after: dict[tuple[str, str | None], list[Rule]] = {}
+    for rule in book.in_force_at(start):
+        before.setdefault((rule.id, rule.tag), []).append(rule)
+    for rule in book.in_force_at(end):
+        after.setdefault((rule.id, rule.tag), []).append(rule)
+    came: list[Rule] = []
+    ended: list[Rule] = []
+    changed: list[tuple[Rule, Rule, dict[str, list[Any]]]] = []
+    for key in dict.fromkeys([*before, *after]):
+        old, new = before.get(key, []), after.get(key, [])
+        if len(old) == 1 and len(new) == 1:
+            if old[0] != new[0]:
+                changes = _rule_changes(old[0], new[0])
+                if changes:
+                    changed.append((old[0], new[0], changes))
+            continue
+        ended += [r for r in old if r not in new]
+        came += [r for r in new if r not in old]
+    return {
+        "from": ms_to_iso(start),
+        "to": ms_to_iso(end),
+        "rules_version": book.version,
+        "came_into_force": came,
+        "ended": ended,
+        "changed": changed,
+    }
+
+
+def _cmd_rules_diff(args: argparse.Namespace, out: TextIO) -> int:
+    if args.at is not None:
+        raise InputError("--at", "does not apply to 'rules diff', which takes FROM and TO")
+    start = _parse_time(args.start, "FROM")
+    end = _parse_time(args.end, "TO")
+    book = _load_book(args.rules, None)
+    diff = rules_diff(book, start, end)
+    came: list[Rule] = diff["came_into_force"]
+    ended: list[Rule] = diff["ended"]
+    changed: list[tuple[Rule, Rule, dict[str, list[Any]]]] = diff["changed"]
+    if args.json:
+        wire = {
+            **diff,
+            "came_into_force": [r.describe() for r in came],
+            "ended": [r.describe() for r in ended],
+            "changed": [
+                {
+                    "id": new.id,
+                    "kind": new.kind,
+                    "tag": new.tag,
+                    "changes": changes,
+                    "before": old.describe(),
+                    "after": new.describe(),
+                }
+                for old, new, changes in changed
+            ],
+        }
+        out.write(orjson.dumps(wire, option=orjson.OPT_INDENT_2).decode())
+        out.write("\n")
+        return EXIT_OK
+    out.write(
+        f"Rule changes from {_day(start)} to {_day(end)} "
+        f"(rules version {book.version}, {_source(args)}):\n"
+    )
+    out.write(f"Came into force ({len(came)}):{'' if came else ' none'}\n")
+    for line in _table(came, "  + "):
+        out.write(line + "\n")
+    out.write(f"Ended ({len(ended)}):{'' if ended else ' none'}\n")
+    for line in _table(ended, "  - "):
+        out.write(line + "\n")
+    out.write(f"Changed ({len(changed)}):{'' if changed else ' none'}\n")
+    for _old, new, changes in changed:
+        what = ", ".join(
+            f"{name}: {_show(values[0])} → {_show(values[1])}" for name, values in changes.items()
+        )
+        out.write(f"  ~ {new.id} {_what(new)}: {what}  ({new.summary})\n")
+    return EXIT_OK
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) if value else "(none)"
+    return "(none)" if value is None else orjson.dumps(value).decode()
+
+
+# ---- the parser ----------------------------------------------------------------------------------
+
+_DECIDE_HELP = """\
+Decide send requests offline, without a broker or any service: fold the webhooks into per-user
+state, then decide every request in order against that evolving state, exactly as the gateway
+would, and print one Decision JSON per request line.
+
+An allowed OTN / recurring / marketing decision spends its token (the next request for that topic
+is refused with token_spent); a repeated request_id gets its first decision back, marked
+"duplicate": true. Webhook elements windowgate does not understand are reported on stderr as
+warnings and skipped.
+
+exit status: 0 when every request got a decision, allowed or refused; 2 on malformed input
+(the message names the file, the line and the field)."""
+
+_DECIDE_EXAMPLE = """\
+example:
+  windowgate decide --webhooks hooks.jsonl --request requests.jsonl --now 2026-04-26T12:00:00Z
+
+  requests.jsonl, one request per line:
+  {"request_id": "r1", "page_id": "682498171943165", "user_id": "1254459154682919"}
+  {"request_id": "r2", "page_id": "682498171943165", "user_id": "1254459154682919",
+   "purpose": "otn", "topic": "back-in-stock:adidas-sl72"}"""
+
+_RULES_HELP = """\
+Show Meta's messaging rules as windowgate applies them: the rules in force at a date, or with
+'rules diff FROM TO' what changed between two dates (e.g. the tags retired on 2026-04-27)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "windowgate decides whether a Facebook page may message a user now under Meta's rules "
+            "(24 h window, HUMAN_AGENT, one-time and recurring notification tokens, message tags), "
+            "by which mechanism, and why."
+        ),
+        epilog="Run 'windowgate COMMAND --help' for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    decide = commands.add_parser(
+        "decide",
+        help="decide send requests offline against webhooks read from files",
+        description=_DECIDE_HELP,
+        epilog=_DECIDE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    decide.add_argument(
+        "--webhooks",
+        required=True,
+        metavar="FILE",
+        help="one raw webhook POST body (JSON, exactly as Meta sends it) per line, folded in "
+        "file order; blank lines are ignored",
+    )
+    decide.add_argument(
+        "--request",
+        "--requests",
+        dest="request",
+        required=True,
+        metavar="FILE",
+        help="one SendRequest JSON per line (request_id, page_id, user_id, and optionally "
+        "platform, purpose, topic, tag, human_author, message, send_by), decided in order",
+    )
+    decide.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="the moment to decide at, e.g. 2026-04-26T12:00:00Z; a date alone is midnight UTC, "
+        "no offset means UTC (default: the current time)",
+    )
+    decide.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="a rules file to use instead of the packaged one (windowgate/rules/meta.json)",
+    )
+    decide.add_argument(
+        "--pages",
+        metavar="FILE",
+        help='the pages file: {"pages": {"<page_id>": {"human_agent": true, "region": "DE"}}}; '
+        "a page not listed has no HUMAN_AGENT permission and an unknown region",
+    )
+    decide.set_defaults(handler=_cmd_decide)
+
+    rules = commands.add_parser(
+        "rules",
+        help="the rules in force at a date, or what changed between two dates",
+        description=_RULES_HELP,
+        epilog="examples:\n  windowgate rules --at 2026-04-26\n"
+        "  windowgate rules diff 2026-04-26 2026-04-27 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rules.add_argument(
+        "--at", metavar="DATE", help="an ISO date or date-time, UTC (default: the current time)"
+    )
+    rules.add_argument("--json", action="store_true", help="machine-readable output")
+    rules.add_argument("--rules", metavar="FILE", help="a rules file instead of the packaged one")
+    rules.set_defaults(handler=_cmd_rules)
+    rules_commands = rules.add_subparsers(dest="rules_command", metavar="{diff}")
+    diff = rules_commands.add_parser(
+        "diff",
+        help="the rules that came into force, ended or changed between FROM and TO",
+        description="The rules that came into force, that ended, and those whose parameters "
+        "changed (same id and tag) between two dates.",
+    )
+    diff.add_argument("start", metavar="FROM", help="an ISO date or date-time, UTC")
+    diff.add_argument("end", metavar="TO", help="an ISO date or date-time, UTC")
+    # SUPPRESS: `rules --json diff A B` and `rules diff A B --json` both work.
+    diff.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    diff.add_argument(
+        "--rules",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="a rules file instead of the packaged one",
+    )
+    diff.set_defaults(handler=_cmd_rules_diff)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args, sys.stdout))
+    except _ParserExit as exc:
+        return exc.status
+    except InputError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_USAGE
+    except BrokenPipeError:  # `windowgate rules | head`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130

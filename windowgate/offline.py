@@ -1,0 +1,114 @@
+"""The offline gateway behind `windowgate decide`: webhooks in, decisions out, all in memory.
+
+No broker, no clock, no printing: the caller passes every webhook body and every `now`. It holds
+what the window service will hold (one `UserState` per `"<page_id>:<user_id>"`, one `PageState` per
+page) and applies the dispatcher's own facts the way the services will:
+
+- a decision is folded back into the user's state as `RequestDecided` (I3: a repeated request_id
+  gets its first decision back; an allowed OTN / recurring / marketing decision reserves its token);
+- offline there is no Graph call, so an allowed token decision is taken as sent: a `TokenSpent`
+  follows (I4: the token is never granted again);
+- a duplicate decision changes nothing.
+
+The internal events carry `now` as their timestamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from schemas.decision import Decision
+from schemas.events import Event, RequestDecided, TokenSpent, event_key
+from schemas.request import SendRequest
+from schemas.state import PageState, UserState
+from windowgate.decide import decide
+from windowgate.fold import empty_state, fold, fold_page, is_page_event
+from windowgate.normalise import Unsupported, normalise
+from windowgate.rulebook import RuleBook
+
+__all__ = ["TOKEN_MECHANISMS", "OfflineGateway"]
+
+TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
+"""Mechanisms whose allowed decision uses (and offline: spends) a token."""
+
+
+class OfflineGateway:
+    """Per-user and per-page state folded from webhooks, and decisions taken against it."""
+
+    def __init__(self, rules: RuleBook) -> None:
+        self.rules = rules
+        self.users: dict[str, UserState] = {}
+        self.pages: dict[str, PageState] = {}
+
+    # ---- what Meta tells us --------------------------------------------------------------------
+
+    def apply_event(self, event: Event) -> None:
+        """Fold one event into its user's state, or into its page's state if it is page-wide."""
+        if is_page_event(event):
+            page = self.pages.get(event.page_id) or PageState(page_id=event.page_id)
+            self.pages[event.page_id] = fold_page(page, event)
+            return
+        key = event.key
+        state = self.users.get(key)
+        self.users[key] = fold(state if state is not None else empty_state(event), event)
+
+    def apply_events(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.apply_event(event)
+
+    def apply_webhook(self, body: object) -> list[Unsupported]:
+        """Fold every event of one parsed webhook body; return what was not understood.
+
+        Raises `windowgate.normalise.EnvelopeError` (a `SchemaError`) when `body` is not a webhook
+        envelope at all; nothing is folded then.
+        """
+        normalised = normalise(body)
+        self.apply_events(normalised.events)
+        return list(normalised.unsupported)
+
+    # ---- what callers ask ----------------------------------------------------------------------
+
+    def state(self, page_id: str, user_id: str) -> UserState | None:
+        return self.users.get(event_key(page_id, user_id))
+
+    def page_state(self, page_id: str) -> PageState | None:
+        return self.pages.get(page_id)
+
+    def decide(self, request: SendRequest, now: int) -> Decision:
+        """Decide `request` at `now` (epoch ms) and record the decision (and any token spend)."""
+        key = request.key
+        state = self.users.get(key)
+        if state is None:
+            state = UserState(
+                page_id=request.page_id, user_id=request.user_id, platform=request.platform
+            )
+        decision = decide(state, request, now, self.rules, self.pages.get(request.page_id))
+        if decision.duplicate:
+            return decision
+        platform = state.platform
+        state = fold(
+            state,
+            RequestDecided(
+                page_id=request.page_id,
+                user_id=request.user_id,
+                timestamp=now,
+                platform=platform,
+                dedup_key=f"decided:{decision.request_id}",
+                decision=decision,
+            ),
+        )
+        if decision.allowed and decision.token and decision.mechanism in TOKEN_MECHANISMS:
+            state = fold(
+                state,
+                TokenSpent(
+                    page_id=request.page_id,
+                    user_id=request.user_id,
+                    timestamp=now,
+                    platform=platform,
+                    dedup_key=f"spent:{decision.token}:{decision.request_id}",
+                    token=decision.token,
+                    request_id=decision.request_id,
+                ),
+            )
+        self.users[key] = state
+        return decision
