@@ -70,6 +70,7 @@ class MessageReceived(Event):
     referral: Referral | None = None
     reply_to_mid: str | None = None
     standby: bool = False
+    deleted: bool = False  # Instagram `is_deleted`: the user unsent a message; not an opener
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

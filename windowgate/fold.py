@@ -79,6 +79,8 @@ def _user_action(
 
 
 def _on_message(state: UserState, event: MessageReceived) -> UserState:
+    if event.deleted:
+        return state
     return _user_action(state, event, True, event.standby, message=True)
 
 

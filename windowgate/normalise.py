@@ -22,7 +22,7 @@ deliveries only a watermark, opt-ins no id at all. `None` parts render as "". No
 mids and tokens are globally unique, and page ids differ between Messenger and Instagram.
 
     kind                 dedup_key
-    message              msg:{mid}        (Instagram `is_deleted` shares it: never a 2nd opener)
+    message              msg:{mid}        (Instagram `is_deleted`: msgdel:{mid}, not an opener)
     echo                 echo:{mid}
     postback             pb:{mid}  |  without mid: pb:{page}:{user}:{timestamp}:{payload}
     reaction             rx:{page}:{user}:{mid}:{action}:{reaction}:{timestamp}
@@ -197,12 +197,14 @@ def _message(
         types = tuple(
             a["type"] for a in attachments if isinstance(a, dict) and isinstance(a.get("type"), str)
         )
+    deleted = value.get("is_deleted") is True
     return MessageReceived(
         page_id=page,
         user_id=user,
         timestamp=ts,
         platform=platform,
-        dedup_key=f"msg:{mid}",
+        dedup_key=f"msgdel:{mid}" if deleted else f"msg:{mid}",
+        deleted=deleted,
         mid=mid,
         text=_str(value.get("text")),
         quick_reply_payload=(

@@ -32,7 +32,9 @@ from schemas.events import (
     decode_event,
     encode_event,
 )
+from schemas.state import UserState
 from tests import fixtures_path
+from windowgate.fold import fold
 from windowgate.normalise import (
     INTERNAL_ERROR_REASON,
     OBJECT_PLATFORMS,
@@ -612,12 +614,21 @@ def test_message_details() -> None:
     )
 
 
-@pytest.mark.parametrize("extra", [{"is_deleted": True}, {"is_unsupported": True}])
-def test_instagram_message_extras_are_still_messages(extra: dict[str, bool]) -> None:
-    event = only_event(envelope(element(message={"mid": "ig1", **extra}), obj="instagram"))
+def test_instagram_unsupported_content_is_still_a_message() -> None:
+    body = envelope(element(message={"mid": "ig1", "is_unsupported": True}), obj="instagram")
+    event = only_event(body)
     assert isinstance(event, MessageReceived)
     assert event.platform == "instagram"
-    assert event.dedup_key == "msg:ig1"
+    assert (event.dedup_key, event.deleted) == ("msg:ig1", False)
+
+
+def test_instagram_deleted_message_is_its_own_fact_and_opens_nothing() -> None:
+    body = envelope(element(message={"mid": "ig1", "is_deleted": True}), obj="instagram")
+    event = only_event(body)
+    assert isinstance(event, MessageReceived)
+    assert (event.dedup_key, event.deleted) == ("msgdel:ig1", True)
+    state = UserState(page_id=event.page_id, user_id=event.user_id)
+    assert fold(state, event) == state
 
 
 def test_standby_applies_to_every_kind_that_has_it() -> None:

@@ -1,0 +1,1 @@
+"""windowgate services: thin shells around the pure core (see README, Architecture)."""
