@@ -1,0 +1,1 @@
+"""What every service shares: settings, topic names, logging, auth, dead letters, Kafka clients."""
