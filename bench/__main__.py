@@ -1,4 +1,4 @@
-"""`python -m bench`: the pure core's speed and state size, each beside a reference from the same run.
+"""`python -m bench`: the pure core's speed and state size, each beside a same-run reference.
 
 In-process, one thread (pinned to one core where the OS allows), inputs built from Meta's webhook
 fixtures with the user ids, mids, tokens and timestamps varied so that state grows like real
@@ -140,8 +140,9 @@ class Traffic:
         body = copy.deepcopy(self.templates[name])
         instagram = body["object"] == "instagram"
         for entry in body["entry"]:
-            page = IG_ACCOUNT if instagram else self.rng.choice((PAGE_EU, PAGE_US))
+            # Messenger user ids are page-scoped (PSIDs): each user belongs to one page.
             user = self.rng.choice(self.ig_users if instagram else self.users)
+            page = IG_ACCOUNT if instagram else (PAGE_EU, PAGE_US)[int(user[-1]) % 2]
             entry["id"] = page
             entry["time"] = ts + 80
             for element in entry.get("messaging", []) + entry.get("standby", []):
@@ -183,9 +184,53 @@ class Traffic:
         return [self.body(START + i * step) for i in range(count)]
 
 
-def request_for(rng: random.Random, state: UserState, serial: int, now: int) -> SendRequest:
-    """A realistic request for this user: what callers ask, whatever the answer will be."""
-    base: dict[str, Any] = {
+KINDS: tuple[tuple[str, float], ...] = (
+    ("auto, in window", 0.35),
+    ("auto, out of window, with topic", 0.15),
+    ("otn", 0.15),
+    ("human_agent", 0.10),
+    ("tag", 0.10),
+    ("recurring", 0.10),
+    ("utility", 0.05),
+)
+"""What callers ask for, and how often; `pick_user` finds a user the caller would ask it for."""
+
+
+def pick_kind(rng: random.Random) -> str:
+    return rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
+
+
+def in_window(state: UserState, now: int) -> bool:
+    return state.last_opener_at is not None and now < state.last_opener_at + 24 * HOUR_MS
+
+
+def pick_user(rng: random.Random, kind: str, groups: dict[str, list[UserState]]) -> UserState:
+    """Callers mostly ask about users the request makes sense for (their CRM knows who opted in)."""
+    wanted = {
+        "auto, in window": "in_window",
+        "auto, out of window, with topic": "out_of_window",
+        "otn": "otn",
+        "recurring": "recurring",
+    }.get(kind, "all")
+    group = groups.get(wanted) or groups["all"]
+    return rng.choice(group)
+
+
+def user_groups(states: Sequence[UserState], now: int) -> dict[str, list[UserState]]:
+    return {
+        "all": list(states),
+        "in_window": [s for s in states if in_window(s, now)],
+        "out_of_window": [s for s in states if not in_window(s, now)],
+        "otn": [s for s in states if s.otn],
+        "recurring": [s for s in states if s.recurring],
+    }
+
+
+def request_for(
+    rng: random.Random, kind: str, state: UserState, serial: int, now: int
+) -> SendRequest:
+    """A realistic request of `kind` for this user, whatever the answer will be."""
+    fields: dict[str, Any] = {
         "request_id": f"req-{serial:09d}",
         "page_id": state.page_id,
         "user_id": state.user_id,
@@ -193,27 +238,21 @@ def request_for(rng: random.Random, state: UserState, serial: int, now: int) -> 
         "message": {"text": "Your order has shipped"},
         "created_at": now,
     }
-    in_window = state.last_opener_at is not None and now < state.last_opener_at + 24 * HOUR_MS
-    topic = state.otn[0].topic if state.otn else rng.choice(TOPICS)
-    roll = rng.random()
-    if roll < 0.30:
-        kind: dict[str, Any] = {} if in_window else {"topic": topic}  # auto
-    elif roll < 0.50:
-        kind = {"topic": topic}  # auto, out of window (or in: then the window wins)
-    elif roll < 0.65:
-        kind = {"purpose": "otn", "topic": topic}
-    elif roll < 0.75:
-        kind = {"purpose": "human_agent", "human_author": "agent-17@example.com"}
-    elif roll < 0.85:
-        kind = {"purpose": "tag", "tag": rng.choice(("ACCOUNT_UPDATE", "HUMAN_AGENT"))}
-        if kind["tag"] == "HUMAN_AGENT":
-            kind["human_author"] = "agent-17@example.com"
-    elif roll < 0.95:
+    topic = rng.choice(state.otn).topic if state.otn else rng.choice(TOPICS)
+    if kind == "auto, out of window, with topic":
+        fields["topic"] = topic
+    elif kind == "otn":
+        fields.update(purpose="otn", topic=topic)
+    elif kind == "human_agent":
+        fields.update(purpose="human_agent", human_author="agent-17@example.com")
+    elif kind == "tag":
+        fields.update(purpose="tag", tag=rng.choice(("ACCOUNT_UPDATE", "CUSTOMER_FEEDBACK")))
+    elif kind == "recurring":
         rn = state.recurring[0].topic if state.recurring else rng.choice(RN_TOPICS)
-        kind = {"purpose": "recurring", "topic": rn}
-    else:
-        kind = {"purpose": "utility", "message": {"template": {"name": "order_shipped_v2"}}}
-    return SendRequest(**{**base, **kind})
+        fields.update(purpose="recurring", topic=rn)
+    elif kind == "utility":
+        fields.update(purpose="utility", message={"template": {"name": "order_shipped_v2"}})
+    return SendRequest(**fields)
 
 
 def event_stream(bodies: list[bytes], rules: RuleBook) -> tuple[list[Event], dict[str, UserState]]:
@@ -235,9 +274,8 @@ def event_stream(bodies: list[bytes], rules: RuleBook) -> tuple[list[Event], dic
             state = fold(states.get(event.key) or empty_state(event), event)
             if rng.random() < 0.125:
                 serial += 1
-                decision = decide(
-                    state, request_for(rng, state, serial, event.timestamp), event.timestamp, rules
-                )
+                request = request_for(rng, pick_kind(rng), state, serial, event.timestamp)
+                decision = decide(state, request, event.timestamp, rules)
                 common: dict[str, Any] = {
                     "page_id": state.page_id,
                     "user_id": state.user_id,
@@ -372,11 +410,12 @@ def bench_decide(
 ) -> tuple[Row, dict[str, int]]:
     rng = random.Random(11)
     now = START + SPAN + HOUR_MS
-    population = list(states.values())
+    groups = user_groups(list(states.values()), now)
     work = []
     for i in range(count):
-        state = rng.choice(population)
-        work.append((state, request_for(rng, state, 10**8 + i, now)))
+        kind = pick_kind(rng)
+        state = pick_user(rng, kind, groups)
+        work.append((state, request_for(rng, kind, state, 10**8 + i, now)))
     page_states = None
     decisions = [decide(s, r, now, rules, page_states) for s, r in work]
 

@@ -1,7 +1,15 @@
 """windowgate's wire types: the one place events, requests, decisions and state are defined."""
 
 from schemas.codec import SchemaError
-from schemas.decision import Alternative, Decision, decode_decision, encode_decision
+from schemas.decision import (
+    Alternative,
+    Decision,
+    DecisionRecord,
+    decode_decision,
+    decode_decision_record,
+    encode_decision,
+    encode_decision_record,
+)
 from schemas.events import (
     EVENT_BY_KIND,
     EVENT_TYPES,
@@ -55,6 +63,7 @@ __all__ = [
     "EVENT_TYPES",
     "Alternative",
     "Decision",
+    "DecisionRecord",
     "Event",
     "MessageDelivered",
     "MessageEcho",
@@ -89,11 +98,13 @@ __all__ = [
     "UserUnavailable",
     "WindowClosedByMeta",
     "decode_decision",
+    "decode_decision_record",
     "decode_event",
     "decode_page_state",
     "decode_request",
     "decode_user_state",
     "encode_decision",
+    "encode_decision_record",
     "encode_event",
     "encode_page_state",
     "encode_request",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from schemas.codec import WIRE_VERSION, decode_as, dumps, loads, to_wire
+from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
 from schemas.types import Mechanism, Platform, Reason
 
 
@@ -57,3 +57,31 @@ def encode_decision(decision: Decision) -> bytes:
 
 def decode_decision(raw: bytes | str) -> Decision:
     return decode_as(Decision, loads(raw, "decision"))
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """What the `decisions` topic carries: the Decision v1 fields plus the request's `message`.
+
+    The dispatcher needs the message body to send, and must not keep a second copy of user state
+    or call back for it; the user's stored state keeps decisions without their messages.
+    """
+
+    decision: Decision
+    message: dict[str, Any] | None = None
+
+
+def encode_decision_record(record: DecisionRecord) -> bytes:
+    wire = decision_to_wire(record.decision)
+    if record.message is not None:
+        wire["message"] = record.message
+    return dumps(wire)
+
+
+def decode_decision_record(raw: bytes | str) -> DecisionRecord:
+    data = loads(raw, "decision record")
+    decision = decode_as(Decision, data)
+    message = data.get("message") if isinstance(data, dict) else None
+    if message is not None and not isinstance(message, dict):
+        raise SchemaError("message", "expected an object")
+    return DecisionRecord(decision, message)

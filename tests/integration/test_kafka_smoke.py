@@ -49,7 +49,7 @@ async def read_records(
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic)
+        partitions = await _partitions(bootstrap, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         by_partition: dict[int, list[Record]] = {tp.partition: [] for tp in partitions}
@@ -67,14 +67,20 @@ async def read_records(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    deadline = time.monotonic() + DEADLINE_S
-    while not (ids := consumer.partitions_for_topic(topic)):
-        if time.monotonic() > deadline:
-            pytest.fail(f"topic {topic} has no partitions after {DEADLINE_S} s")
-        await consumer.topics()  # a metadata request: learns about the topic
-        await asyncio.sleep(0.1)
-    return [TopicPartition(topic, p) for p in sorted(ids)]
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            [described] = await admin.describe_topics([topic])
+            if described["error_code"] == 0 and described["partitions"]:
+                return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+            if time.monotonic() > deadline:
+                pytest.fail(f"topic {topic} has no partitions after {DEADLINE_S} s: {described}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 def at_least(n: int) -> Callable[[list[Record]], bool]:

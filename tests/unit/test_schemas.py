@@ -12,6 +12,7 @@ from schemas import (
     EVENT_TYPES,
     Alternative,
     Decision,
+    DecisionRecord,
     OtnToken,
     PageState,
     RecurringToken,
@@ -20,11 +21,13 @@ from schemas import (
     SendRequest,
     UserState,
     decode_decision,
+    decode_decision_record,
     decode_event,
     decode_page_state,
     decode_request,
     decode_user_state,
     encode_decision,
+    encode_decision_record,
     encode_event,
     encode_page_state,
     encode_request,
@@ -209,3 +212,14 @@ def test_bad_events_name_the_field() -> None:
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     raw = b'{"request_id":"r","page_id":"p","user_id":"u","priority":"high"}'
     assert decode_request(raw).request_id == "r"
+
+
+def test_decision_record_carries_the_message_beside_the_decision() -> None:
+    record = DecisionRecord(DECISION, {"text": "back in stock"})
+    raw = encode_decision_record(record)
+    assert orjson.loads(raw)["message"] == {"text": "back in stock"}
+    assert decode_decision_record(raw) == record
+    assert decode_decision(raw) == DECISION  # a plain Decision reader still reads it
+    with pytest.raises(SchemaError) as caught:
+        decode_decision_record(raw.replace(b'{"text":"back in stock"}', b'"text"'))
+    assert caught.value.field == "message"
