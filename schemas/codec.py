@@ -29,7 +29,7 @@ class SchemaError(ValueError):
 
 
 Decoder = Callable[[Any, str], Any]
-_PLANS: dict[type[Any], tuple[tuple[str, Decoder, bool], ...]] = {}
+_PLANS: dict[type[Any], tuple[tuple[str, Decoder, bool, str], ...]] = {}
 
 
 def _type_name(value: Any) -> str:
@@ -118,15 +118,22 @@ def _decoder_for(tp: Any) -> Decoder:
     raise TypeError(f"no wire decoder for {tp!r}")
 
 
-def _plan(cls: type[Any]) -> tuple[tuple[str, Decoder, bool], ...]:
+def aliases_of(cls: type[Any]) -> dict[str, str]:
+    """Short wire names a stored type declares (`WIRE_ALIASES`), so stored state stays small."""
+    return dict(getattr(cls, "WIRE_ALIASES", {}))
+
+
+def _plan(cls: type[Any]) -> tuple[tuple[str, Decoder, bool, str], ...]:
     plan = _PLANS.get(cls)
     if plan is None:
         hints = get_type_hints(cls)
+        aliases = aliases_of(cls)
         plan = tuple(
             (
                 f.name,
                 _decoder_for(hints[f.name]),
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                aliases.get(f.name, f.name),
             )
             for f in dataclasses.fields(cls)
             if f.init
@@ -140,9 +147,11 @@ def decode_as(cls: type[T], data: Any, path: str = "") -> T:
     if not isinstance(data, dict):
         raise SchemaError(path, f"expected an object, got {_type_name(data)}")
     kwargs: dict[str, Any] = {}
-    for name, dec, required in _plan(cls):
+    for name, dec, required, alias in _plan(cls):
         if name in data:
             kwargs[name] = dec(data[name], _join(path, name))
+        elif alias in data:
+            kwargs[name] = dec(data[alias], _join(path, alias))
         elif required:
             raise SchemaError(_join(path, name), "is required")
     try:
@@ -165,13 +174,14 @@ def to_wire(obj: Any) -> Any:
 
 
 def to_compact_wire(obj: Any) -> Any:
-    """Like `to_wire` but drops fields at their defaults: stored state and events stay small."""
+    """Like `to_wire` but drops fields at their defaults and uses the type's short aliases."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        aliases = getattr(obj, "WIRE_ALIASES", None) or {}
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if value != f.default:
-                out[f.name] = to_compact_wire(value)
+                out[aliases.get(f.name, f.name)] = to_compact_wire(value)
         return out
     if isinstance(obj, tuple | list):
         return [to_compact_wire(x) for x in obj]

@@ -7,7 +7,7 @@ so that folding is idempotent and, where the rule allows, order-free (DESIGN.md 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from schemas.codec import WIRE_VERSION, decode_as, dumps, loads, to_compact_wire
 from schemas.decision import Decision
@@ -21,6 +21,15 @@ TokenStatus = Literal["available", "reserved", "spent", "unknown"]
 class OtnToken:
     """One One-Time Notification token: one message on `topic` (R-OTN-1)."""
 
+    WIRE_ALIASES: ClassVar[dict[str, str]] = {
+        "token": "t",
+        "topic": "tp",
+        "created_at": "c",
+        "title": "ti",
+        "status": "s",
+        "request_id": "rq",
+        "released": "rl",
+    }
     token: str
     topic: str
     created_at: int
@@ -34,6 +43,23 @@ class OtnToken:
 class RecurringToken:
     """A recurring-notification / marketing subscription token (R-RN-*, R-MM)."""
 
+    WIRE_ALIASES: ClassVar[dict[str, str]] = {
+        "token": "t",
+        "created_at": "c",
+        "topic": "tp",
+        "title": "ti",
+        "frequency": "f",
+        "timezone": "tz",
+        "refreshed_at": "rf",
+        "expires_at": "x",
+        "token_status": "ts",
+        "stopped_at": "st",
+        "resumed_at": "rs",
+        "last_sent_at": "ls",
+        "last_request_id": "lr",
+        "prev_sent_at": "ps",
+        "released": "rl",
+    }
     token: str
     created_at: int
     topic: str | None = None
@@ -62,6 +88,24 @@ class RecurringToken:
 
 @dataclass(frozen=True, slots=True)
 class UserState:
+    """Stored compactly (short aliases, defaults left out): millions of users live in the table."""
+
+    WIRE_ALIASES: ClassVar[dict[str, str]] = {
+        "page_id": "p",
+        "user_id": "u",
+        "platform": "pl",
+        "last_opener_at": "lo",
+        "last_message_at": "lm",
+        "ad_referral_at": "ad",
+        "meta_closed_at": "mc",
+        "unavailable_at": "ua",
+        "primary_at": "pa",
+        "standby_at": "sa",
+        "otn": "o",
+        "recurring": "r",
+        "decisions": "d",
+    }
+
     page_id: str
     user_id: str
     platform: Platform = "messenger"

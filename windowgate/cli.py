@@ -94,7 +94,9 @@ def _read(path: str, what: str) -> bytes:
 
 def _json_lines(path: str, what: str) -> Iterator[tuple[str, Any]]:
     """(where, parsed JSON) for every non-blank line; `where` is "<path> line <n>"."""
-    for number, line in enumerate(_read(path, what).splitlines(), start=1):
+    data = _read(path, what)
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark from some editors
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"

@@ -349,9 +349,10 @@ def assess(
     now: int,
     rules: RuleBook,
     page_state: PageState | None = None,
+    platform: Platform | None = None,
 ) -> list[Verdict]:
     """Every mechanism's verdict for this user now: one per OTN topic and subscription token."""
-    ctx = Context(state, now, rules, rules.page(state.page_id), state.platform)
+    ctx = Context(state, now, rules, rules.page(state.page_id), platform or state.platform)
     blocked = _blocked(ctx, page_state)
     if blocked is not None:
         return [blocked]
@@ -379,7 +380,7 @@ def _alternatives(
     ctx: Context, page_state: PageState | None, asked: Verdict
 ) -> tuple[Alternative, ...]:
     found = []
-    for verdict in assess(ctx.state, ctx.now, ctx.rules, page_state):
+    for verdict in assess(ctx.state, ctx.now, ctx.rules, page_state, ctx.platform):
         if (
             verdict.allowed
             and verdict.mechanism is not None

@@ -16,7 +16,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import orjson
 
 from schemas.decision import Decision
 from schemas.request import SendRequest
-from windowgate.normalise import normalise
+from windowgate.normalise import Normalised, normalise
 from windowgate.offline import OfflineGateway
 from windowgate.pages import PageConfig
 from windowgate.rulebook import load_rules
@@ -43,7 +42,8 @@ IG_ACCOUNT = "17841400000000000"
 IG_USER = "6800000000000001"
 T01 = 1502905976377  # fixture 01: the user's quick reply
 T09 = 1458692752478  # fixture 09: OTN opt-in; fixture 12: the page's policy block
-T15 = 1700000000000  # fixture 15: an Instagram message
+T15 = 1700000000000  # fixture 15: an Instagram message; fixture 10: the recurring opt-in
+T11 = 1700500000000  # fixture 11: the user stops the recurring notifications
 
 
 def _say(message: str = "") -> None:
@@ -67,9 +67,7 @@ def ensure_broker(timeout_s: float) -> str:
         return f"could not probe Kafka at {bootstrap} ({type(exc).__name__}: {exc}); carrying on"
     if configured:
         return f"KAFKA_BOOTSTRAP_SERVERS={configured} does not answer; carrying on without it"
-    _say(
-        f"No Kafka at {bootstrap}: starting the dev broker (make broker), up to {timeout_s:.0f} s ..."
-    )
+    _say(f"No Kafka at {bootstrap}: starting the dev broker, up to {timeout_s:.0f} s ...")
     command = [sys.executable, "-m", "windowgate.devbroker", "start"]
     try:
         done = subprocess.run(
@@ -95,7 +93,7 @@ def ensure_broker(timeout_s: float) -> str:
     )
 
 
-# ---- the replay ---------------------------------------------------------------------------------
+# ---- the timeline -------------------------------------------------------------------------------
 
 
 def fixtures_dir() -> Path | None:
@@ -105,56 +103,53 @@ def fixtures_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def replay(gateway: OfflineGateway, folder: Path) -> None:
-    kinds: Counter[str] = Counter()
-    unsupported = 0
-    files = sorted(folder.glob("*.json"))
-    for path in files:
-        normalised = normalise(orjson.loads(path.read_bytes()))
-        gateway.apply_events(normalised.events)
-        kinds.update(type(e).__name__ for e in normalised.events)
-        for item in normalised.unsupported:
-            unsupported += 1
-            _say(f"  {path.name}: {item.path}: not understood: {item.reason}")
-    listed = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-    _say(
-        f"Replayed {len(files)} webhook fixtures from {folder}:\n  {sum(kinds.values())} events "
-        f"({listed});\n  {unsupported} elements not understood."
-    )
-    _say(
-        f"State: {len(gateway.users)} users on {len({s.page_id for s in gateway.users.values()})} "
-        f"pages; page {PAGE} is blocked by fixture 12 (policy enforcement)."
-    )
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook body, due at the time of its latest event."""
 
-
-def unblock_body(page: str, ts: int) -> dict[str, Any]:
-    """Meta's policy-enforcement `unblock`, as it would arrive after the page appealed."""
-    return {
-        "object": "page",
-        "entry": [
-            {
-                "id": page,
-                "time": ts,
-                "messaging": [
-                    {
-                        "recipient": {"id": page},
-                        "timestamp": ts,
-                        "policy-enforcement": {"action": "unblock"},
-                    }
-                ],
-            }
-        ],
-    }
-
-
-# ---- the requests -------------------------------------------------------------------------------
+    label: str
+    at: int
+    normalised: Normalised
 
 
 @dataclass(frozen=True)
 class Step:
+    """One request, decided at `at` against everything folded before it."""
+
     label: str
     at: int
     request: SendRequest
+
+
+def load_webhooks(folder: Path) -> list[Webhook]:
+    webhooks = []
+    for path in sorted(folder.glob("*.json")):
+        normalised = normalise(orjson.loads(path.read_bytes()))
+        at = max((e.timestamp for e in normalised.events), default=0)
+        webhooks.append(Webhook(path.name.split("-")[0], at, normalised))
+    return webhooks
+
+
+def _made_up(label: str, page: str, ts: int, element: dict[str, Any]) -> Webhook:
+    """A webhook in Meta's documented shape that the fixtures lack, clearly labelled as such."""
+    element = {"recipient": {"id": page}, "timestamp": ts, **element}
+    body = {"object": "page", "entry": [{"id": page, "time": ts, "messaging": [element]}]}
+    return Webhook(f"{label} (made up for the demo)", ts, normalise(body))
+
+
+def demo_webhooks(folder: Path) -> list[Webhook]:
+    """The fixtures, plus Meta lifting fixture 12's block and the other app passing the thread back
+    (fixture 13 is a standby message: another app owned the conversation)."""
+    unblock = {"policy-enforcement": {"action": "unblock"}}
+    passed = {
+        "sender": {"id": USER},
+        "pass_thread_control": {"new_owner_app_id": "1517776481860111"},
+    }
+    return [
+        *load_webhooks(folder),
+        _made_up("unblock", PAGE, T09 + 30 * 60_000, unblock),
+        _made_up("pass_thread_control", PAGE, T09 + 12 * HOUR_MS, passed),
+    ]
 
 
 def _req(request_id: str, page: str = PAGE, user: str = USER, **fields: Any) -> SendRequest:
@@ -162,10 +157,13 @@ def _req(request_id: str, page: str = PAGE, user: str = USER, **fields: Any) -> 
 
 
 OTN = {"purpose": "otn", "topic": "back-in-stock:adidas-sl72"}
-BEFORE_BLOCK_LIFTED = [
-    Step("reply 1 h after the user's message (01)", T01 + HOUR_MS, _req("r-blocked")),
-]
-AFTER_BLOCK_LIFTED = [
+RN = {"purpose": "recurring", "topic": "weekly-deals"}
+STEPS = [
+    Step("OTN on the opted-in topic (09)", T09 + 15 * 60_000, _req("r-otn-0", **OTN)),
+    Step("OTN on the opted-in topic (09)", T09 + HOUR_MS, _req("r-otn-00", **OTN)),
+    Step("OTN on the opted-in topic (09)", T09 + DAY_MS, _req("r-otn-1", **OTN)),
+    Step("OTN again, same topic", T09 + 2 * DAY_MS, _req("r-otn-2", **OTN)),
+    Step("OTN retried with request_id r-otn-1", T09 + 2 * DAY_MS, _req("r-otn-1", **OTN)),
     Step("reply 1 h after the user's message (01)", T01 + HOUR_MS, _req("r-reply")),
     Step("reply 25 h after it", T01 + 25 * HOUR_MS, _req("r-late")),
     Step(
@@ -173,9 +171,16 @@ AFTER_BLOCK_LIFTED = [
         T01 + 25 * HOUR_MS,
         _req("r-human", purpose="human_agent", human_author="maria@shop.example"),
     ),
-    Step("OTN on the opted-in topic (09)", T09 + DAY_MS, _req("r-otn-1", **OTN)),
-    Step("OTN again, same topic", T09 + 2 * DAY_MS, _req("r-otn-2", **OTN)),
-    Step("OTN retried with request_id r-otn-1", T09 + 2 * DAY_MS, _req("r-otn-1", **OTN)),
+    Step(
+        "Instagram reply 1 h after a message (15)",
+        T15 + HOUR_MS,
+        _req("r-ig", page=IG_ACCOUNT, user=IG_USER, platform="instagram"),
+    ),
+    Step("recurring 'weekly-deals' (10)", T15 + DAY_MS, _req("r-rn-1", **RN)),
+    Step("recurring, after the user's STOP (11)", T11 + DAY_MS, _req("r-rn-2", **RN)),
+    Step(
+        "recurring, after Meta ended it", parse_iso_ms("2026-03-02T10:00:00Z"), _req("r-rn-3", **RN)
+    ),
     Step(
         "tag ACCOUNT_UPDATE, day before retirement",
         parse_iso_ms("2026-04-26T10:00:00Z"),
@@ -186,40 +191,50 @@ AFTER_BLOCK_LIFTED = [
         parse_iso_ms("2026-04-28T10:00:00Z"),
         _req("r-tag-2", purpose="tag", tag="ACCOUNT_UPDATE"),
     ),
-    Step(
-        "recurring 'weekly-deals' (10), 2026-03",
-        parse_iso_ms("2026-03-02T10:00:00Z"),
-        _req("r-rn", purpose="recurring", topic="weekly-deals"),
-    ),
-    Step(
-        "Instagram reply 1 h after the message (15)",
-        T15 + HOUR_MS,
-        _req("r-ig", page=IG_ACCOUNT, user=IG_USER, platform="instagram"),
-    ),
 ]
+
+
+def _when(ms: int) -> str:
+    return ms_to_iso(ms)[:16].replace("T", " ")
 
 
 def _row(number: int, step: Step, decision: Decision) -> tuple[str, ...]:
     answer = "allowed" if decision.allowed else "refused"
     if decision.duplicate:
         answer += " (dup)"
-    reason = decision.reason
+    reason: str = decision.reason
     if not decision.allowed and decision.alternatives:
-        reason += f" ({len(decision.alternatives)} alternatives)"
-    return (
-        str(number),
-        step.label,
-        ms_to_iso(step.at)[:16].replace("T", " "),
-        answer,
-        decision.mechanism or "-",
-        reason,
-    )
+        n = len(decision.alternatives)
+        reason += f" ({n} alternative{'s' if n > 1 else ''})"
+    return (str(number), step.label, _when(step.at), answer, decision.mechanism or "-", reason)
+
+
+def run_timeline(gateway: OfflineGateway, webhooks: list[Webhook]) -> list[tuple[str, ...]]:
+    """Webhooks and requests in time order: each request sees exactly what came before it."""
+    pending = sorted(webhooks, key=lambda w: w.at)
+    rows: list[tuple[str, ...]] = []
+    for number, step in enumerate(sorted(STEPS, key=lambda s: s.at), start=1):
+        due = [w for w in pending if w.at <= step.at]
+        if due:
+            pending = pending[len(due) :]
+            for webhook in due:
+                gateway.apply_events(webhook.normalised.events)
+            kinds = dict.fromkeys(e.KIND for w in due for e in w.normalised.events)
+            names = " ".join(w.label for w in due)
+            rows.append(("", f"webhook {names}: {', '.join(kinds)}", "", "", "", ""))
+        rows.append(_row(number, step, gateway.decide(step.request, step.at)))
+    return rows
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Request rows in columns; webhook rows (empty first cell) as notes that span the table."""
     header = ("#", "request", "at (UTC)", "answer", "mechanism", "reason")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    columns = [r for r in [header, *rows] if r[0]]
+    widths = [max(len(r[i]) for r in columns) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
+        if not row[0]:
+            _say(f"    · {row[1]}")
+            continue
         _say("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
@@ -255,29 +270,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"set {SHARED_DIR_ENV} to the shared/ directory."
         )
         return 1
+    webhooks = demo_webhooks(folder)
+    fixtures = [w for w in webhooks if "made up" not in w.label]
+    events = sum(len(w.normalised.events) for w in fixtures)
+    odd = [(w.label, u) for w in fixtures for u in w.normalised.unsupported]
+    _say(
+        f"{len(fixtures)} webhook fixtures from {folder}: {events} events, "
+        f"{len(odd)} elements not understood."
+    )
+    for label, item in odd:
+        _say(f"  {label}: {item.path}: {item.reason}")
+    _say(
+        f"Pages file stand-in: page {PAGE} has the Human Agent permission; region unset.\n"
+        "Webhooks and requests run in time order: each request sees what came before it.\n"
+    )
     pages = {PAGE: PageConfig(page_id=PAGE, human_agent=True)}
     gateway = OfflineGateway(load_rules().with_pages(pages))
-    replay(gateway, folder)
-    _say(f"Pages file stand-in: page {PAGE} has the Human Agent permission; region unset.\n")
-
-    rows = []
-    number = 0
-    for step in BEFORE_BLOCK_LIFTED:
-        number += 1
-        rows.append(_row(number, step, gateway.decide(step.request, step.at)))
-    unblock_at = T09 + HOUR_MS
-    gateway.apply_webhook(unblock_body(PAGE, unblock_at))
-    rows.append(
-        ("", f"-- page unblocked by Meta at {ms_to_iso(unblock_at)[:16]} --", "", "", "", "")
-    )
-    for step in AFTER_BLOCK_LIFTED:
-        number += 1
-        rows.append(_row(number, step, gateway.decide(step.request, step.at)))
-    _print_table(rows)
+    _print_table(run_timeline(gateway, webhooks))
     _say(
-        "\nAn allowed OTN spends its token (row 6); a retried request_id gets its first decision "
-        "back (row 7).\nYour own files: windowgate decide --webhooks FILE --request FILE --now "
-        "ISO8601;  the rule changes: windowgate rules diff 2026-04-26 2026-04-27"
+        "\nAn allowed OTN spends its token (rows 3-4); a retried request_id gets its first "
+        "decision back (row 5).\n"
+        "Your own files: windowgate decide --webhooks FILE --request FILE [--now ISO8601]\n"
+        "What changed on 2026-04-27: windowgate rules diff 2026-04-26 2026-04-27"
     )
     return 0
 

@@ -7,6 +7,7 @@ force and, when none is, why not (the refusal reason). A new Meta rule is an edi
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -101,8 +102,9 @@ class Rule:
         if self.tag:
             out["tag"] = self.tag
         out["platforms"] = sorted(self.platforms)
-        out["effective_from"] = ms_to_iso(self.effective_from) if self.effective_from else None
-        out["effective_until"] = ms_to_iso(self.effective_until) if self.effective_until else None
+        starts, ends = self.effective_from, self.effective_until
+        out["effective_from"] = ms_to_iso(starts) if starts is not None else None
+        out["effective_until"] = ms_to_iso(ends) if ends is not None else None
         out["enabled"] = self.enabled
         if self.regions is not None:
             out["regions"] = sorted(self.regions)
@@ -235,6 +237,15 @@ class RuleBook:
     index_cache: dict[str, dict[tuple[str, str | None], tuple[Rule, ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    bounds_cache: dict[tuple[str, str | None, str, str], list[int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    lookup_cache: dict[tuple[tuple[str, str | None, str, str], int], Lookup] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    tags_cache: dict[tuple[tuple[str, str | None, str, str], int], tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         for page in self.pages.values():
@@ -252,7 +263,29 @@ class RuleBook:
     def lookup(
         self, kind: str, platform: Platform, page_id: str, at: int, tag: str | None = None
     ) -> Lookup:
-        """The enabled rule of `kind` in force for this page at `at`, or why there is none."""
+        """The enabled rule of `kind` in force for this page at `at`, or why there is none.
+
+        The answer only changes at the rule versions' dates, so it is cached per interval between
+        them: `decide` calls this several times per request on the hot path.
+        """
+        page_key = page_id if page_id in self.pages else ""
+        key = (kind, tag, platform, page_key)
+        bounds = self.bounds_cache.get(key)
+        if bounds is None:
+            versions = self._page_rules(page_id).get((kind, tag), ())
+            dates = {
+                d for r in versions for d in (r.effective_from, r.effective_until) if d is not None
+            }
+            bounds = self.bounds_cache[key] = sorted(dates)
+        slot = (key, bisect_right(bounds, at))
+        found = self.lookup_cache.get(slot)
+        if found is None:
+            found = self.lookup_cache[slot] = self._lookup(kind, platform, page_id, at, tag)
+        return found
+
+    def _lookup(
+        self, kind: str, platform: Platform, page_id: str, at: int, tag: str | None
+    ) -> Lookup:
         versions = self._page_rules(page_id).get((kind, tag), ())
         what = f"tag {tag}" if tag else kind.replace("_", " ")
         if not versions:
@@ -300,14 +333,26 @@ class RuleBook:
             and (region is None or _region_in(region, rule.excluded_regions, self.region_groups))
         )
 
-    def tags(self, platform: Platform, page_id: str, at: int) -> list[Rule]:
-        """Message-tag rules usable now (for alternatives)."""
-        found = []
-        for (kind, tag), _ in self._page_rules(page_id).items():
-            if kind == "message_tag" and tag is not None:
-                hit = self.lookup(kind, platform, page_id, at, tag)
-                if hit.rule is not None:
-                    found.append(hit.rule)
+    def tags(self, platform: Platform, page_id: str, at: int) -> tuple[Rule, ...]:
+        """Message-tag rules usable now (for alternatives), cached like `lookup`."""
+        key = ("message_tag", None, platform, page_id if page_id in self.pages else "")
+        index = self._page_rules(page_id)
+        tags = [tag for kind, tag in index if kind == "message_tag" and tag is not None]
+        bounds = self.bounds_cache.get(key)
+        if bounds is None:
+            dates = {
+                d
+                for tag in tags
+                for r in index[("message_tag", tag)]
+                for d in (r.effective_from, r.effective_until)
+                if d is not None
+            }
+            bounds = self.bounds_cache[key] = sorted(dates)
+        slot = (key, bisect_right(bounds, at))
+        found = self.tags_cache.get(slot)
+        if found is None:
+            hits = (self.lookup("message_tag", platform, page_id, at, tag).rule for tag in tags)
+            found = self.tags_cache[slot] = tuple(rule for rule in hits if rule is not None)
         return found
 
     def in_force_at(self, at: int) -> list[Rule]:
@@ -387,7 +432,8 @@ def load_rules(
         else:
             raw = Path(path).read_bytes()
     except OSError as exc:
-        raise RulesError("", f"cannot read rules file {path}: {exc.strerror}") from exc
+        where = path or "windowgate/rules/meta.json"
+        raise RulesError("", f"cannot read rules file {where}: {exc.strerror or exc}") from exc
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

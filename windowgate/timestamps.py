@@ -8,7 +8,9 @@ arguments are ISO-8601 text (`parse_iso_ms` / `ms_to_iso`). Everything here is p
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 SECONDS_BELOW = 10**12
 """Values below this are epoch seconds (10**12 ms is 2001-09-09; 10**12 s is year 33658)."""
@@ -21,6 +23,8 @@ _MAX_DIGITS = 20
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+_MIN_ISO_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z, the first instant ISO-8601 (and datetime) can write."""
 
 
 def to_epoch_ms(value: object) -> int | None:
@@ -66,15 +70,20 @@ def parse_iso_ms(text: str) -> int:
     return (parsed - _EPOCH) // _ONE_MS
 
 
+@lru_cache(maxsize=16_384)
 def ms_to_iso(ms: int) -> str:
     """Epoch ms as UTC ISO-8601 ("2026-04-27T00:00:00Z"); milliseconds shown only when non-zero.
 
     `parse_iso_ms(ms_to_iso(x)) == x` for every representable x.
     """
-    try:
-        moment = _EPOCH + timedelta(milliseconds=ms)
-    except OverflowError as exc:
-        raise ValueError(f"epoch ms out of range: {ms}") from exc
-    base = moment.replace(microsecond=0, tzinfo=None).isoformat()
+    if not _MIN_ISO_MS <= ms <= MAX_EPOCH_MS:
+        raise ValueError(f"epoch ms out of range: {ms}")
+    # Decision details format times on the hot path: gmtime beats datetime arithmetic several
+    # times over, and the cache serves the times one decision and its alternatives repeat.
+    t = time.gmtime(ms // 1000)
+    base = (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
     millis = ms % 1000
     return f"{base}.{millis:03d}Z" if millis else f"{base}Z"

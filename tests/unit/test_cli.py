@@ -262,6 +262,21 @@ def test_unsupported_webhook_elements_are_warnings_not_errors(
     assert "entry[0].changes[0]" in warning
 
 
+def test_windows_line_endings_and_a_byte_order_mark_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = tmp_path / "hooks.jsonl"
+    hooks.write_bytes(b"\xef\xbb\xbf" + webhook_line("01-quick-reply.json").encode() + b"\r\n\r\n")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(
+        b"\xef\xbb\xbf" + request("r1").encode() + b"\r\n" + request("r2").encode()
+    )
+    argv = ["decide", "--webhooks", str(hooks), "--request", str(requests)]
+    assert main([*argv, "--now", ms_to_iso(T01 + HOUR_MS)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [orjson.loads(line)["reason"] for line in lines] == ["window_open", "window_open"]
+
+
 # ---- decide: malformed input → exit 2, one message naming file, line and field ------------------
 
 OK_HOOK = "01-quick-reply.json"

@@ -155,3 +155,33 @@ def test_recurring_notifications_ended_on_2026_02_10(gateway: OfflineGateway) ->
     )
     assert after.allowed is False
     assert after.reason == "mechanism_ended"
+
+
+def test_the_demo_timeline_tells_the_truth(capsys: pytest.CaptureFixture[str]) -> None:
+    """`make run` (without the broker): every row's answer is the core's, in time order."""
+    from windowgate import demo
+
+    assert demo.main(["--no-broker"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = line.split()
+        if cells and cells[0].isdigit() and ("allowed" in cells or "refused" in cells):
+            rows[int(cells[0])] = line
+    assert len(rows) == len(demo.STEPS)
+    expected = {
+        1: "page_restricted",
+        2: "thread_owned_by_other_app",
+        3: "otn_token",
+        4: "token_spent",
+        5: "allowed (dup)",
+        6: "window_open",
+        7: "window_closed",
+        8: "human_agent_window",
+        10: "recurring_token",
+        11: "opted_out",
+        12: "mechanism_ended",
+        13: "message_tag",
+        14: "tag_retired",
+    }
+    for number, reason in expected.items():
+        assert reason in rows[number], rows[number]
