@@ -1,0 +1,455 @@
+"""`python -m bench.dispatcher [--quick]`: the dispatcher's speed through a real broker, and a
+broadcast at Meta's rate limit with its count of double-used tokens.
+
+1. Decisions/s per instance: N allowed decisions (one Graph call each) are put on `decisions`;
+   one `python -m services.dispatcher` process (worker role) delivers them to the Graph stand-in
+   (its own process, no rate limit) with the full exactly-once protocol: attempt records and
+   offsets in one transaction, the call, outcome events and done records in the next. Beside it,
+   in the same run on the same records: a raw aiokafka consume→produce loop (consume, produce one
+   record per record, acks=all, commit) — the reference. Both rates are steady-state rates taken
+   from the output records' own timestamps (the last 90% of the outputs), so process start-up
+   and group joins are not counted for either.
+2. A broadcast: B OTN requests to B users (spread over PAGES pages), decided by the pure core as
+   the window worker decides them, delivered by the dispatcher to the stand-in, which enforces
+   Meta's 300 calls/s per page and answers 613 above it. Printed: the time, the rate per page, the
+   busiest second per page, 613s, and tokens used in more than one call (must be 0).
+
+The broker is KAFKA_BOOTSTRAP_SERVERS, else a LocalKafka started (and stopped) here. Nothing is
+asserted about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+
+from schemas.decision import DecisionRecord, encode_decision_record
+from schemas.events import MessageReceived, OtnOptin
+from schemas.request import SendRequest
+from schemas.state import UserState
+from services.common.runtime import now_ms
+from services.common.topics import Topics, ensure_topics
+from services.dispatcher.config import DispatcherConfig
+from services.dispatcher.dispatchlog import Done, decode_record, ensure_log_topic
+from services.dispatcher.graph import Answer
+from services.dispatcher.graph_errors import classify
+from services.dispatcher.graph_request import GraphCall
+from services.dispatcher.metrics import METRICS
+from services.dispatcher.service import DispatcherService
+from windowgate.decide import decide
+from windowgate.devbroker import LocalKafka, free_port, unique_name
+from windowgate.fold import fold
+from windowgate.pages import parse_pages
+from windowgate.rulebook import RuleBook, load_rules
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 8
+HOUR = 3_600_000
+META_RATE = 300.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    decisions: int
+    broadcast: int
+    pages: int
+
+
+FULL = Sizes(decisions=40_000, broadcast=100_000, pages=8)
+QUICK = Sizes(decisions=4_000, broadcast=3_000, pages=2)
+
+
+def page_ids(count: int) -> list[str]:
+    return [str(700_000_000_000_000 + i) for i in range(count)]
+
+
+def pages_json(pages: Sequence[str]) -> dict[str, Any]:
+    return {"pages": {p: {"access_token": f"token-{p}", "region": "US"} for p in pages}}
+
+
+# ---- inputs: decisions built by the pure core ---------------------------------------------------
+
+
+def window_decisions(count: int, book: RuleBook, page: str) -> list[bytes]:
+    """Allowed RESPONSE decisions for `count` users who wrote an hour ago."""
+    now = now_ms()
+    out = []
+    for i in range(count):
+        user = str(2_000_000_000_000_000 + i)
+        state = fold(
+            UserState(page_id=page, user_id=user),
+            MessageReceived(page_id=page, user_id=user, timestamp=now - HOUR, mid=f"m{i}"),
+        )
+        request = SendRequest(
+            request_id=f"tp-{i}", page_id=page, user_id=user, message={"text": f"t {i}"}
+        )
+        out.append(
+            encode_decision_record(
+                DecisionRecord(decide(state, request, now, book), request.message)
+            )
+        )
+    return out
+
+
+def otn_decisions(count: int, book: RuleBook, pages: Sequence[str]) -> list[bytes]:
+    """One OTN decision per user, each user with one fresh token, round-robin over the pages."""
+    now = now_ms()
+    out = []
+    for i in range(count):
+        page = pages[i % len(pages)]
+        user = str(3_000_000_000_000_000 + i)
+        token = f"otn-{i:09d}-bench"
+        state = fold(
+            UserState(page_id=page, user_id=user),
+            OtnOptin(page_id=page, user_id=user, timestamp=now - HOUR, token=token, topic="sale"),
+        )
+        request = SendRequest(
+            request_id=f"bc-{i}",
+            page_id=page,
+            user_id=user,
+            purpose="otn",
+            topic="sale",
+            message={"text": f"The sale is on ({i})"},
+        )
+        decision = decide(state, request, now, book)
+        assert decision.allowed and decision.token == token, decision.detail
+        out.append(encode_decision_record(DecisionRecord(decision, request.message)))
+    return out
+
+
+def key_of(raw: bytes) -> bytes:
+    data = orjson.loads(raw)
+    return f"{data['page_id']}:{data['user_id']}".encode()
+
+
+async def produce_all(bootstrap: str, topic: str, values: Sequence[bytes]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send(topic, value, key=key_of(value))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def steady_rate(stamps_ms: list[int]) -> float:
+    """Records per second over the last 90% of the outputs (start-up left out)."""
+    stamps = sorted(stamps_ms)
+    skip = len(stamps) // 10
+    span = (stamps[-1] - stamps[skip]) / 1000
+    return (len(stamps) - 1 - skip) / span if span > 0 else float("inf")
+
+
+# ---- the reference: a raw consume → produce loop -------------------------------------------------
+
+
+async def raw_loop(bootstrap: str, values: Sequence[bytes]) -> float:
+    source, sink = unique_name("bench-raw-in"), unique_name("bench-raw-out")
+    topics = Topics(source + ".")
+    await ensure_topics(bootstrap, topics, PARTITIONS)
+    await produce_all(bootstrap, topics.decisions, values)
+    consumer = AIOKafkaConsumer(
+        topics.decisions,
+        bootstrap_servers=bootstrap,
+        group_id=unique_name("bench-raw"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=1000,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await consumer.start()
+    await producer.start()
+    done = 0
+    try:
+        while done < len(values):
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            futures = []
+            for records in batches.values():
+                for record in records:
+                    futures.append(await producer.send(sink, record.value, key=record.key))
+            await asyncio.gather(*futures)
+            await consumer.commit()
+            done += len(futures)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return steady_rate(await output_stamps(bootstrap, sink, len(values), lambda r: r.timestamp))
+
+
+async def output_stamps(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    stamp: Callable[[ConsumerRecord[bytes, bytes]], int | None],
+    deadline_s: float = 900.0,
+) -> list[int]:
+    """`stamp(record)` of the first `count` records of `topic` it does not skip (None)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    stamps: list[int] = []
+    deadline = time.monotonic() + deadline_s
+    try:
+        while len(stamps) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    value = stamp(record)
+                    if value is not None:
+                        stamps.append(value)
+    finally:
+        await consumer.stop()
+    return stamps
+
+
+def done_at(record: ConsumerRecord[bytes, bytes]) -> int | None:
+    """The `at` of a done record of the dispatch log (None for attempts)."""
+    if record.value is None:
+        return None
+    decoded = decode_record(record.value)
+    return decoded.at if isinstance(decoded, Done) else None
+
+
+# ---- the dispatcher and the stand-in as processes ----------------------------------------------
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def standin_stats(url: str, deadline_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{url}/_standin/stats") as response:
+                    data = await response.json()
+                    assert isinstance(data, dict)
+                    return data
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+class InstantGraph:
+    """A Graph API that answers success at once, in-process: what is left is the broker path."""
+
+    ANSWER = Answer(classify(200, {"message_id": "m_bench"}), 200, {"message_id": "m_bench"})
+
+    async def post(self, call: GraphCall, access_token: str) -> Answer:
+        return self.ANSWER
+
+
+@dataclass
+class Run:
+    bootstrap: str
+    workdir: Path
+
+    async def prepare(self, name: str, values: Sequence[bytes], pages: Sequence[str]) -> str:
+        """Fresh topics holding `values` on `decisions`; returns the topic prefix."""
+        prefix = unique_name(f"bench-{name}") + "."
+        await ensure_topics(self.bootstrap, Topics(prefix), PARTITIONS)
+        await ensure_log_topic(self.bootstrap, f"{prefix}dispatch-log", PARTITIONS, 24 * HOUR)
+        await produce_all(self.bootstrap, Topics(prefix).decisions, values)
+        (self.workdir / f"{name}-pages.json").write_bytes(orjson.dumps(pages_json(pages)))
+        return prefix
+
+    async def in_process(self, values: Sequence[bytes], book: RuleBook) -> list[int]:
+        """One dispatcher in this process with `InstantGraph`; the done records' stamps."""
+        prefix = await self.prepare("instant", values, [])
+        config = DispatcherConfig(
+            bootstrap=self.bootstrap,
+            prefix=prefix,
+            partitions=PARTITIONS,
+            graph_url="http://unused",
+            graph_version="v25.0",
+            api_tokens=(),
+            port=0,
+            group=f"{prefix}dispatcher",
+            rate_text=1e9,
+            role="worker",
+        )
+        before = METRICS.settled._value.get()
+        async with DispatcherService(config, book, sender=InstantGraph()):
+            deadline = time.monotonic() + 600
+            while METRICS.settled._value.get() - before < len(values):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the in-process dispatcher did not finish")
+                await asyncio.sleep(0.05)
+        return await output_stamps(self.bootstrap, f"{prefix}dispatch-log", len(values), done_at)
+
+    async def processes(
+        self,
+        name: str,
+        values: Sequence[bytes],
+        pages: Sequence[str],
+        standin_rate: float | None,
+        dispatcher_env: dict[str, str],
+    ) -> tuple[list[int], dict[str, Any], float]:
+        """One dispatcher process and the stand-in's process; done stamps, stand-in stats, time."""
+        prefix = await self.prepare(name, values, pages)
+        pages_file = self.workdir / f"{name}-pages.json"
+        port = free_port()
+        standin_args = [sys.executable, "-m", "tests.graph_standin", "--port", str(port)]
+        standin_args += ["--pages", str(pages_file)]
+        if standin_rate is not None:
+            standin_args += ["--rate", str(standin_rate)]
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "WINDOWGATE_TOPIC_PREFIX": prefix,
+            "WINDOWGATE_PARTITIONS": str(PARTITIONS),
+            "GRAPH_API_URL": url,
+            "WINDOWGATE_PAGES": str(pages_file),
+            "DISPATCHER_ROLE": "worker",
+            "DISPATCHER_GRAPH_TIMEOUT_S": "30",
+            **dispatcher_env,
+        }
+        dispatcher_args = [sys.executable, "-m", "services.dispatcher"]
+        with (
+            process(standin_args, {}, self.workdir / f"{name}-standin.log"),
+            process(dispatcher_args, env, self.workdir / f"{name}-dispatcher.log"),
+        ):
+            await standin_stats(url)
+            started = time.monotonic()
+            stamps = await output_stamps(
+                self.bootstrap, f"{prefix}dispatch-log", len(values), done_at
+            )
+            elapsed = time.monotonic() - started
+            stats = await standin_stats(url)
+        return stamps, stats, elapsed
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+async def measure(bootstrap: str, sizes: Sizes) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-dispatcher-"))
+    run = Run(bootstrap, workdir)
+    print(
+        f"bench.dispatcher: {os.cpu_count()} CPUs ({cpu_model()}), broker {bootstrap}, "
+        f"{PARTITIONS} partitions"
+    )
+    [page] = page_ids(1)
+    book = load_rules(None, parse_pages(pages_json([page])))
+    values = window_decisions(sizes.decisions, book, page)
+    reference = await raw_loop(bootstrap, values)
+    instant = steady_rate(await run.in_process(values, book))
+    stamps, stats, _ = await run.processes(
+        "http",
+        values,
+        [page],
+        None,
+        {"DISPATCHER_RATE_TEXT": "1000000", "DISPATCHER_GRAPH_CONNECTIONS": "32"},
+    )
+    http = steady_rate(stamps)
+    print()
+    print(f"1. decisions/s through the broker, one instance, {sizes.decisions:,} allowed decisions")
+    print(f"   raw aiokafka consume->produce loop (reference)  {reference:>9,.0f} records/s")
+    print(
+        f"   dispatcher, Graph answering in-process          {instant:>9,.0f} decisions/s"
+        f" = {instant / reference:.2f} x reference   (targets >= 5,000/s, >= 0.4)"
+    )
+    print(
+        f"   dispatcher process -> stand-in process over HTTP {http:>8,.0f} decisions/s"
+        f" = {http / reference:.2f} x reference   (all on these {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"   stand-in: {stats['calls']:,} calls {stats['outcomes']}, "
+        f"requests sent twice: {stats['texts_sent_twice']}"
+    )
+
+    pages = page_ids(sizes.pages)
+    book = load_rules(None, parse_pages(pages_json(pages)))
+    values = otn_decisions(sizes.broadcast, book, pages)
+    stamps, stats, elapsed = await run.processes("broadcast", values, pages, META_RATE, {})
+    span = (stats["last_at"] - stats["first_at"]) if stats["calls"] else 0.0
+    per_page = sizes.broadcast / len(pages) / span if span else 0.0
+    busiest = max(stats["busiest_second"].values(), default=0)
+    print()
+    print(
+        f"2. broadcast: {sizes.broadcast:,} OTN requests to {sizes.broadcast:,} users on "
+        f"{len(pages)} pages; the stand-in allows {META_RATE:.0f} calls/s per page (613 above)"
+    )
+    print(
+        f"   {len(stamps):,} outcomes in {elapsed:.1f} s; calls over {span:.1f} s = "
+        f"{per_page:,.0f} calls/s per page; busiest second of a page: {busiest} calls"
+    )
+    print(f"   stand-in answers: {stats['outcomes']}")
+    print(f"   tokens used in more than one call: {stats['double_used_tokens']}  (must be 0)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def run(quick: bool) -> None:
+    sizes = QUICK if quick else FULL
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        await measure(given, sizes)
+        return
+    with LocalKafka() as kafka:
+        await measure(kafka.bootstrap, sizes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dispatcher", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The dispatch log: `<prefix>dispatch-log`, the dispatcher's write-ahead record of Graph calls.
+
+Two record kinds, both JSON, written with transactional producers (see README, "Exactly-once
+delivery"): an `attempt` — committed, together with the consumer offset of its decision, BEFORE the
+Graph call — and a `done` — committed with the outcome events AFTER it. An attempt without a done
+is a call whose outcome nobody recorded (a crash in between): it ends `unknown`, never resent.
+
+Partition p of the log belongs with partition p of `decisions` (same partition count): the
+dispatcher that owns decisions partition p owns log partition p. Records carry the request's own
+key, `[page_id, user_id, request_id]`, so the topic can be compacted (`compact,delete`): a request
+keeps its last record (its done) until the retention — the horizon of duplicate detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from schemas.codec import WIRE_VERSION, SchemaError, decode_as, loads, to_compact_wire
+from schemas.events import OutcomeStatus
+from schemas.types import Mechanism, Platform
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def request_key(page_id: str, user_id: str, request_id: str) -> bytes:
+    """The log key of one request: unambiguous whatever the ids contain."""
+    return orjson.dumps([page_id, user_id, request_id])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """Written before the call: everything needed to close the request if nobody else does."""
+
+    request_id: str
+    page_id: str
+    user_id: str
+    at: int
+    platform: Platform = "messenger"
+    mechanism: Mechanism | None = None
+    token: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return request_key(self.page_id, self.user_id, self.request_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    """Written after the call (or instead of it): the delivery outcome and Meta's own answer."""
+
+    request_id: str
+    page_id: str
+    user_id: str
+    at: int
+    status: OutcomeStatus
+    platform: Platform = "messenger"
+    mechanism: Mechanism | None = None
+    message_id: str | None = None
+    error_code: int | None = None
+    error_subcode: int | None = None
+    detail: str | None = None
+    graph_status: int | None = None
+    graph_body: dict[str, Any] | None = None
+    calls: int = 0
+
+    @property
+    def key(self) -> bytes:
+        return request_key(self.page_id, self.user_id, self.request_id)
+
+
+LogRecord = Attempt | Done
+
+
+_DEFAULTS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
+    cls: tuple((f.name, f.default) for f in dataclasses.fields(cls)) for cls in (Attempt, Done)
+}
+
+
+def encode_record(record: LogRecord) -> bytes:
+    """Compact JSON (fields at their defaults left out), on the hot path: two per request."""
+    wire: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "kind": "attempt" if isinstance(record, Attempt) else "done",
+    }
+    for name, default in _DEFAULTS[type(record)]:
+        value = getattr(record, name)
+        if value != default:
+            wire[name] = value
+    return orjson.dumps(wire)
+
+
+def decode_record(raw: bytes | str) -> LogRecord:
+    data = loads(raw, "dispatch log record")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "attempt":
+        return decode_as(Attempt, data)
+    if kind == "done":
+        return decode_as(Done, data)
+    raise SchemaError("kind", f"expected 'attempt' or 'done', got {kind!r}")
+
+
+def done_to_wire(done: Done) -> dict[str, Any]:
+    """The outcome as the HTTP API shows it (`delivery` beside the decision)."""
+    wire = to_compact_wire(done)
+    wire.pop("graph_body", None)
+    return {"status": done.status, **wire}
+
+
+@dataclass
+class LogScan:
+    """What one partition of the log says: every request seen, and attempts still open."""
+
+    seen: dict[bytes, int] = field(default_factory=dict)
+    open: dict[bytes, Attempt] = field(default_factory=dict)
+    records: int = 0
+    unreadable: int = 0
+
+    def add(self, key: bytes | None, raw: bytes | None, timestamp_ms: int) -> None:
+        self.records += 1
+        if raw is None:
+            return
+        try:
+            record = decode_record(raw)
+        except SchemaError:
+            self.unreadable += 1
+            return
+        k = record.key
+        self.seen[k] = max(self.seen.get(k, 0), timestamp_ms)
+        if isinstance(record, Attempt):
+            self.open.setdefault(k, record)
+        else:
+            self.open.pop(k, None)
+
+
+async def scan_partition(
+    bootstrap: str, topic: str, partition: int, timeout_s: float = 60.0
+) -> LogScan:
+    """Read one log partition from its start to its last committed record (read_committed)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    scan = LogScan()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
+            for record in batch.get(tp, ()):
+                scan.add(record.key, record.value, record.timestamp)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{topic}[{partition}]: read {scan.records} records in {timeout_s:.0f} s "
+                    f"without reaching offset {end}"
+                )
+    finally:
+        await consumer.stop()
+    return scan
+
+
+async def ensure_log_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    retention_ms: int,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the log (compacted, time-bounded) if missing; refuse another partition count."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        configs = {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(retention_ms),
+            "min.compaction.lag.ms": str(min(retention_ms, 3_600_000)),
+        }
+        response = await admin.create_topics(
+            [NewTopic(topic, partitions, replication, topic_configs=configs)],
+            timeout_ms=int(timeout_s * 1000),
+        )
+        for name, code, *_ in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"could not create topic {name}: Kafka error code {code}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            [described] = await admin.describe_topics([topic])
+            parts = described.get("partitions", [])
+            if parts and len(parts) != partitions:
+                raise RuntimeError(
+                    f"topic {topic} has {len(parts)} partitions, expected {partitions} "
+                    "(WINDOWGATE_PARTITIONS): the log must be co-partitioned with decisions"
+                )
+            if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no leaders after {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+def prune(seen: dict[bytes, int], older_than_ms: int) -> int:
+    """Forget requests last seen before `older_than_ms` (the log's retention); return how many."""
+    stale = [k for k, at in seen.items() if at < older_than_ms]
+    for k in stale:
+        del seen[k]
+    return len(stale)

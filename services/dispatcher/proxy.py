@@ -1,0 +1,197 @@
+"""The drop-in Graph proxy's translations (DESIGN.md §4.3), pure: Meta's Send API body in, a
+SendRequest out; a refusal out as a Meta-shaped error a Messenger library understands.
+
+Meta's body → SendRequest:
+
+    recipient.id                        → user_id; messaging_type RESPONSE / UPDATE / UTILITY →
+                                          purpose response / update / utility; MESSAGE_TAG with
+                                          tag HUMAN_AGENT → human_agent, any other tag → tag;
+                                          no messaging_type → auto
+    recipient.one_time_notif_token      → purpose otn, user and topic from the token's opt-in
+    recipient.notification_messages_token → purpose recurring, user and topic likewise
+    message                             → message
+    (header X-Windowgate-Human-Author)  → human_author (HUMAN_AGENT needs a named human)
+    (header Idempotency-Key)            → request_id (else a fresh one per call)
+
+A refusal becomes `{"error": {message, type, code, error_subcode, fbtrace_id}, "windowgate":
+{"reason", "detail", "request_id", "alternatives"}}` with the code Meta itself would have answered
+(`REFUSAL_CODES`): 10/2018278 for a closed window, and so on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.codec import to_wire
+from schemas.decision import Decision
+from schemas.types import Purpose
+from services.dispatcher.dispatchlog import Done
+
+
+class ProxyError(ValueError):
+    """The proxied call cannot be taken as a message; carries the Meta-shaped answer."""
+
+    def __init__(
+        self, code: int, detail: str, reason: str = "invalid_request", status: int = 400
+    ) -> None:
+        self.code = code
+        self.detail = detail
+        self.reason = reason
+        self.status = status
+        super().__init__(detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who the proxied call is for: a user id, or a token whose owner the index knows."""
+
+    user_id: str | None = None
+    otn_token: str | None = None
+    recurring_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAsk:
+    recipient: Recipient
+    purpose: Purpose
+    message: dict[str, Any]
+    tag: str | None = None
+
+
+_PURPOSE_BY_TYPE: dict[str, Purpose] = {
+    "RESPONSE": "response",
+    "UPDATE": "update",
+    "UTILITY": "utility",
+}
+
+
+def parse_body(body: Any) -> ProxyAsk:
+    """Meta's Send API body as a windowgate ask; ProxyError (Meta's 100) when it is not one."""
+    if not isinstance(body, dict):
+        raise ProxyError(100, "the request body must be a JSON object")
+    if "sender_action" in body and "message" not in body:
+        raise ProxyError(100, "windowgate forwards messages only, not sender actions")
+    recipient = body.get("recipient")
+    if not isinstance(recipient, dict):
+        raise ProxyError(100, "(#100) param recipient must be an object")
+    message = body.get("message")
+    if not isinstance(message, dict) or not message:
+        raise ProxyError(100, "(#100) param message must be a non-empty object")
+    otn = recipient.get("one_time_notif_token")
+    recurring = recipient.get("notification_messages_token")
+    user = recipient.get("id")
+    if isinstance(otn, str) and otn:
+        return ProxyAsk(Recipient(otn_token=otn), "otn", message)
+    if isinstance(recurring, str) and recurring:
+        return ProxyAsk(Recipient(recurring_token=recurring), "recurring", message)
+    if isinstance(user, int) and not isinstance(user, bool):
+        user = str(user)
+    if not isinstance(user, str) or not user:
+        raise ProxyError(
+            100,
+            "(#100) recipient needs id, one_time_notif_token or notification_messages_token "
+            "(windowgate does not proxy user_ref, post_id or comment_id recipients)",
+        )
+    messaging_type = body.get("messaging_type")
+    tag = body.get("tag")
+    if messaging_type is None:
+        return ProxyAsk(Recipient(user_id=user), "auto", message)
+    if messaging_type == "MESSAGE_TAG":
+        if not isinstance(tag, str) or not tag:
+            raise ProxyError(100, "(#100) messaging_type MESSAGE_TAG needs a tag")
+        purpose: Purpose = "human_agent" if tag == "HUMAN_AGENT" else "tag"
+        return ProxyAsk(Recipient(user_id=user), purpose, message, tag)
+    found = _PURPOSE_BY_TYPE.get(messaging_type) if isinstance(messaging_type, str) else None
+    if found is None:
+        raise ProxyError(100, f"(#100) unknown messaging_type {messaging_type!r}")
+    return ProxyAsk(Recipient(user_id=user), found, message)
+
+
+# reason → (Meta code, subcode) that Meta answers for the same refusal (platform-rules.md §7)
+REFUSAL_CODES: dict[str, tuple[int, int | None]] = {
+    "window_closed": (10, 2018278),
+    "human_agent_window_closed": (10, 2018278),
+    "deadline_passed": (10, None),
+    "opted_out": (10, 1893015),
+    "user_unavailable": (551, 1545041),
+    "page_restricted": (10, 1893063),
+    "thread_owned_by_other_app": (10, 2018300),
+    "cooldown": (4, 2018354),
+    "tag_retired": (100, None),
+    "invalid_request": (100, None),
+    "no_token_for_topic": (100, None),
+    "token_expired": (100, None),
+    "token_spent": (100, None),
+}
+DEFAULT_REFUSAL: tuple[int, int | None] = (10, None)
+"""Permission-type refusals (not permitted, mechanism ended or disabled, region): Meta's code 10."""
+
+INSTAGRAM_WINDOW = (10, 2534022)
+
+
+def meta_error(
+    code: int,
+    subcode: int | None,
+    message: str,
+    trace: str,
+    windowgate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["fbtrace_id"] = trace
+    body: dict[str, Any] = {"error": error}
+    if windowgate is not None:
+        body["windowgate"] = windowgate
+    return body
+
+
+def refusal(decision: Decision) -> dict[str, Any]:
+    """The Meta-shaped error for a refused decision, plus windowgate's reason and alternatives."""
+    code, subcode = REFUSAL_CODES.get(decision.reason, DEFAULT_REFUSAL)
+    if decision.reason == "window_closed" and decision.platform == "instagram":
+        code, subcode = INSTAGRAM_WINDOW
+    return meta_error(
+        code,
+        subcode,
+        f"(#{code}) windowgate: {decision.detail}",
+        f"windowgate-{decision.request_id}",
+        {
+            "reason": decision.reason,
+            "detail": decision.detail,
+            "request_id": decision.request_id,
+            "rules_version": decision.rules_version,
+            "alternatives": [to_wire(a) for a in decision.alternatives],
+        },
+    )
+
+
+def proxy_error(error: ProxyError, trace: str) -> dict[str, Any]:
+    return meta_error(
+        error.code,
+        None,
+        error.detail,
+        trace,
+        {"reason": error.reason, "detail": error.detail},
+    )
+
+
+def forwarded(done: Done) -> tuple[int, dict[str, Any]]:
+    """Meta's own answer to the forwarded call, as recorded in the dispatch log."""
+    if done.graph_body is not None and done.graph_status is not None:
+        return done.graph_status, done.graph_body
+    if done.status == "sent":
+        return 200, {"recipient_id": done.user_id, "message_id": done.message_id}
+    status = 500 if done.status == "unknown" else 400
+    code = 2 if done.status == "unknown" else (done.error_code or 100)
+    body = meta_error(
+        code,
+        done.error_subcode,
+        f"(#{code}) windowgate: {done.detail or done.status}",
+        f"windowgate-{done.request_id}",
+        {"reason": f"delivery_{done.status}", "detail": done.detail},
+    )
+    if done.status == "unknown":
+        body["error"]["is_transient"] = False  # never retry: the message may have been sent
+    return status, body

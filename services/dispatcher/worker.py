@@ -1,0 +1,533 @@
+"""The delivery worker: decisions in, Graph calls out, each request and token used at most once.
+
+One consumer in the group `DISPATCHER_GROUP` reads `<prefix>decisions`; each assigned partition p
+gets a `PartitionWorker` with its own transactional producer (transactional_id
+`<group>-p<p>`, so whoever owns p next fences the previous owner). Per batch of decisions, in
+partition order, the worker (README, "Exactly-once delivery"):
+
+1. skips refused and duplicate decisions, and request_ids the dispatch log already has;
+2. re-checks `still_valid` (I6): a decision past its validity is settled `failed`, token released;
+3. commits ONE transaction: an `attempt` record per call to make + the consumer offset of the
+   batch (+ the outcomes of calls finished since the last one). From here on these decisions are
+   never processed again, by anyone;
+4. calls Graph (rate-limited per page, re-checking validity just before each call, retrying only
+   definite pre-delivery rejections);
+5. publishes each call's outcome events and `done` record in the next transaction.
+
+On assignment a worker first reads its dispatch-log partition to the end: that rebuilds the set
+of request_ids already attempted, and every attempt without a done (a crash between 3 and 5) is
+settled `unknown` — never called again. The worker keeps no copy of user state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from schemas.codec import SchemaError
+from schemas.decision import DecisionRecord, decode_decision_record
+from schemas.events import encode_event
+from services.common.deadletter import dead_letter_record
+from services.common.runtime import now_ms
+from services.common.topics import Topics
+from services.dispatcher.config import CrashPoint, DispatcherConfig
+from services.dispatcher.dispatchlog import (
+    Attempt,
+    encode_record,
+    prune,
+    request_key,
+    scan_partition,
+)
+from services.dispatcher.graph import Answer, Deliverer
+from services.dispatcher.graph_request import CannotSend, GraphCall, build_call
+from services.dispatcher.metrics import METRICS
+from services.dispatcher.outcome import (
+    Settlement,
+    attempt_for,
+    not_sent,
+    settle,
+    unknown_after_crash,
+)
+from windowgate.decide import still_valid
+from windowgate.rulebook import RuleBook
+from windowgate.timestamps import ms_to_iso
+
+log = logging.getLogger(__name__)
+
+SERVICE = "dispatcher"
+HOUR_MS = 3_600_000
+
+
+def crash_here(config: DispatcherConfig, point: CrashPoint, request_ids: Iterable[str]) -> None:
+    """Test hook (DISPATCHER_CRASH_AT): die by SIGKILL at `point`, as a kill -9 would."""
+    if config.crash_at != point:
+        return
+    if config.crash_request is not None and config.crash_request not in set(request_ids):
+        return
+    log.warning("DISPATCHER_CRASH_AT=%s: SIGKILL now", point)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One request to deliver: its committed attempt, the call, the decision to re-check."""
+
+    record: DecisionRecord
+    attempt: Attempt
+    call: GraphCall
+    access_token: str
+
+
+@dataclass
+class Plan:
+    """What one transaction writes, planned from a batch without touching the worker's state."""
+
+    jobs: list[Job] = field(default_factory=list)
+    settled: list[Settlement] = field(default_factory=list)
+    dead: list[bytes] = field(default_factory=list)
+    keys: dict[bytes, int] = field(default_factory=dict)
+    next_offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What every partition worker of one dispatcher shares."""
+
+    config: DispatcherConfig
+    topics: Topics
+    rules: RuleBook
+    deliverer: Deliverer
+    clock: Callable[[], int] = now_ms
+
+
+class PartitionWorker:
+    """Delivers the decisions of one partition; see the module docstring for the protocol."""
+
+    def __init__(self, deps: Deps, partition: int) -> None:
+        self.deps = deps
+        self.config = deps.config
+        self.partition = partition
+        self.tp = TopicPartition(deps.topics.decisions, partition)
+        self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        self.settled: list[Settlement] = []
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.seen: dict[bytes, int] = {}
+        self.wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.fenced = False
+        self.producer: AIOKafkaProducer | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._last_prune = 0
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.config.group}-p{self.partition}"
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._main(), name=f"dispatch p{self.partition}")
+
+    def feed(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.queue.extend(records)
+        self.wake.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking decisions; let calls in flight finish (up to `grace_s`) and record them."""
+        self.stopping = True
+        self.queue.clear()
+        if self.in_flight:
+            _, pending = await asyncio.wait(self.in_flight, timeout=grace_s)
+            for task in pending:  # their outcome stays open: the next owner settles it unknown
+                task.cancel()
+        self.wake.set()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.task, timeout=grace_s)
+        await self._close_producer()
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap,
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            retry_backoff_ms=20,
+        )
+        await producer.start()  # init_transactions: fences the previous owner, aborts its txn
+        return producer
+
+    async def _close_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _main(self) -> None:
+        try:
+            self.producer = await self._new_producer()
+            await self._recover()
+            self.ready.set()
+            await self._loop()
+        except ProducerFenced:
+            self.fenced = True
+            log.warning("partition %d: fenced by a newer owner; stopping", self.partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition %d: worker failed", self.partition)
+            raise
+
+    async def _recover(self) -> None:
+        """Rebuild the attempted set; settle `unknown` every attempt that has no done."""
+        started = time.monotonic()
+        scan = await scan_partition(self.config.bootstrap, self.config.dispatch_log, self.partition)
+        self.seen = scan.seen
+        now = self.deps.clock()
+        prune(self.seen, now - self.config.log_retention_h * HOUR_MS)
+        orphans = [unknown_after_crash(a, now) for a in scan.open.values()]
+        if orphans:
+            log.warning(
+                "partition %d: %d attempt(s) without outcome from a previous run: unknown",
+                self.partition,
+                len(orphans),
+            )
+            METRICS.outcomes.labels("unknown").inc(len(orphans))
+            await self._commit(Plan(settled=orphans))
+        log.info(
+            "partition %d: dispatch log read (%d records, %d request_ids) in %.2f s",
+            self.partition,
+            scan.records,
+            len(self.seen),
+            time.monotonic() - started,
+        )
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            take = bool(self.queue) and not self.stopping and not self._full()
+            if not take and not self.settled:
+                if self.stopping and not self.in_flight:
+                    return
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            records: list[ConsumerRecord[bytes, bytes]] = []
+            while take and self.queue and len(records) < self.config.batch:
+                records.append(self.queue.popleft())
+            settled, self.settled = self.settled, []
+            plan = self._plan(records)
+            plan.settled[:0] = settled
+            await self._commit_with_retry(plan)
+            self._launch(plan)
+
+    def _full(self) -> bool:
+        return len(self.in_flight) >= self.config.in_flight
+
+    def _plan(self, records: list[ConsumerRecord[bytes, bytes]]) -> Plan:
+        plan = Plan()
+        now = self.deps.clock()
+        for record in records:
+            plan.next_offset = record.offset + 1
+            METRICS.decisions.inc()
+            try:
+                decided = decode_decision_record(record.value or b"")
+            except SchemaError as exc:
+                log.warning(
+                    "partition %d offset %d: bad decision: %s", record.partition, record.offset, exc
+                )
+                plan.dead.append(
+                    dead_letter_record(
+                        SERVICE,
+                        f"undecodable decision: {exc}",
+                        record.value or b"",
+                        now,
+                        {
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        },
+                    )
+                )
+                continue
+            self._plan_one(plan, decided, now)
+        return plan
+
+    def _plan_one(self, plan: Plan, decided: DecisionRecord, now: int) -> None:
+        decision = decided.decision
+        if not decision.allowed or decision.duplicate:
+            METRICS.skipped.labels("refused" if not decision.allowed else "duplicate").inc()
+            return
+        key = request_key(decision.page_id, decision.user_id, decision.request_id)
+        if key in self.seen or key in plan.keys:
+            METRICS.skipped.labels("already_attempted").inc()
+            log.info("request %s was already attempted: not sent again", decision.request_id)
+            return
+        plan.keys[key] = now
+        attempt = attempt_for(decision, now)
+        if not still_valid(decision, now):
+            plan.settled.append(not_sent(attempt, now, _expired(decision.valid_until, now)))
+            return
+        page = self.deps.rules.page(decision.page_id)
+        if not page.access_token:
+            detail = (
+                f"page {decision.page_id} has no access_token in the pages file "
+                "(WINDOWGATE_PAGES): nothing was sent"
+            )
+            plan.settled.append(not_sent(attempt, now, detail))
+            return
+        try:
+            call = build_call(decided, page, self.config.graph_version)
+        except CannotSend as exc:
+            plan.settled.append(not_sent(attempt, now, exc.detail))
+            return
+        plan.jobs.append(Job(decided, attempt, call, page.access_token))
+
+    # ---- transactions -------------------------------------------------------------------------
+
+    async def _commit(self, plan: Plan) -> None:
+        """One transaction: outcomes + dones, attempts, dead letters, the batch's offset."""
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("the worker has no producer")
+        topics, log_topic = self.deps.topics, self.config.dispatch_log
+        started = time.monotonic()
+        async with producer.transaction():
+            for settlement in plan.settled:
+                for event in settlement.events:
+                    await producer.send(topics.events, encode_event(event), key=event.key.encode())
+                done = settlement.done
+                await producer.send(
+                    log_topic, encode_record(done), key=done.key, partition=self.partition
+                )
+            for job in plan.jobs:
+                await producer.send(
+                    log_topic,
+                    encode_record(job.attempt),
+                    key=job.attempt.key,
+                    partition=self.partition,
+                )
+            for dead in plan.dead:
+                await producer.send(topics.dead_letter, dead)
+            if plan.next_offset is not None:
+                await producer.send_offsets_to_transaction(
+                    {self.tp: plan.next_offset}, self.config.group
+                )
+        METRICS.transaction_seconds.observe(time.monotonic() - started)
+        self.seen.update(plan.keys)
+        for settlement in plan.settled:
+            self.seen[settlement.done.key] = settlement.done.at
+        if plan.settled:
+            METRICS.settled.inc(len(plan.settled))
+
+    async def _commit_with_retry(self, plan: Plan) -> None:
+        """Retry a failed transaction (same contents) until it commits; fenced → give up."""
+        delay = 0.1
+        while True:
+            try:
+                await self._commit(plan)
+                return
+            except ProducerFenced:
+                raise
+            except KafkaError as exc:
+                log.warning(
+                    "partition %d: transaction failed (%s); retrying in %.1f s",
+                    self.partition,
+                    exc,
+                    delay,
+                )
+                await self._close_producer()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.producer = await self._new_producer()
+
+    # ---- calls --------------------------------------------------------------------------------
+
+    def _launch(self, plan: Plan) -> None:
+        if plan.jobs:
+            crash_here(self.config, "after_attempt", (j.attempt.request_id for j in plan.jobs))
+        for job in plan.jobs:
+            task = asyncio.create_task(self._deliver(job))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+        now = self.deps.clock()
+        if now - self._last_prune > 60_000:  # forget request_ids the log has let go of
+            self._last_prune = now
+            prune(self.seen, now - self.config.log_retention_h * HOUR_MS)
+            self.deps.deliverer.limiter.forget_idle()
+
+    async def _deliver(self, job: Job) -> None:
+        decision = job.record.decision
+
+        def recheck() -> str | None:
+            now = self.deps.clock()
+            return None if still_valid(decision, now) else _expired(decision.valid_until, now)
+
+        def answered(answer: Answer) -> None:
+            METRICS.calls.labels(answer.verdict.error_class).inc()
+            crash_here(self.config, "after_call", (decision.request_id,))
+
+        try:
+            delivery = await self.deps.deliverer.deliver(
+                job.call, job.access_token, recheck, answered
+            )
+            now = self.deps.clock()
+            if delivery.answer is None:
+                settlement = not_sent(job.attempt, now, delivery.skipped or "not sent")
+            else:
+                answer = delivery.answer
+                settlement = settle(
+                    job.attempt,
+                    answer.verdict,
+                    now,
+                    calls=delivery.calls,
+                    graph_status=answer.status,
+                    graph_body=answer.body,
+                )
+                if answer.verdict.action.alert:
+                    log.error(
+                        "page %s: %s — the page is stopped until this is fixed",
+                        decision.page_id,
+                        answer.verdict.detail,
+                    )
+        except asyncio.CancelledError:
+            return  # revoked mid-call: the next owner settles the open attempt as unknown
+        except Exception:  # a bug must not leave the attempt open: the call may have happened
+            log.exception("delivery of %s failed unexpectedly", decision.request_id)
+            settlement = unknown_after_crash(job.attempt, self.deps.clock())
+        METRICS.outcomes.labels(settlement.done.status).inc()
+        self.settled.append(settlement)
+        self.wake.set()
+
+
+def _expired(valid_until: int | None, now: int) -> str:
+    until = ms_to_iso(valid_until) if valid_until is not None else "unknown"
+    return (
+        f"the decision was valid until {until}; at {ms_to_iso(now)} it no longer is, "
+        "so nothing was sent (I6)"
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.dispatcher.revoke([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.dispatcher.assign([tp.partition for tp in assigned])
+
+
+class Dispatcher:
+    """The consumer of `decisions` and its partition workers; `run()` until `stop()`."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.config = deps.config
+        self.workers: dict[int, PartitionWorker] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self._running = False
+        self._paused: set[int] = set()
+
+    async def start(self) -> None:
+        """Join the group; the topics must exist (`DispatcherService.start` creates them)."""
+        config = self.config
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap,
+            group_id=config.group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=config.batch,
+            group_instance_id=f"{config.group}-{config.instance_id}"
+            if config.instance_id
+            else None,
+            session_timeout_ms=config.session_timeout_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([self.deps.topics.decisions], listener=_Rebalance(self))
+        self._running = True
+
+    def assign(self, partitions: list[int]) -> None:
+        for p in partitions:
+            if p not in self.workers:
+                worker = PartitionWorker(self.deps, p)
+                self.workers[p] = worker
+                worker.start()
+        self._share()
+        log.info("assigned partitions %s; working on %s", partitions, sorted(self.workers))
+
+    async def revoke(self, partitions: list[int]) -> None:
+        grace = self.config.graph_timeout_s * 2
+        workers = [self.workers.pop(p) for p in partitions if p in self.workers]
+        await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
+        self._paused.difference_update(partitions)
+        self._share()
+        if partitions:
+            log.info("revoked partitions %s", partitions)
+
+    def _share(self) -> None:
+        self.deps.deliverer.limiter.set_share(len(self.workers), self.config.partitions)
+
+    async def run(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            raise RuntimeError("Dispatcher.start() first")
+        high = self.config.batch * 4
+        while self._running:
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch * 4)
+            for tp, records in batches.items():
+                worker = self.workers.get(tp.partition)
+                if worker is not None and not worker.stopping:
+                    worker.feed(records)
+            await self._supervise(consumer, high)
+
+    async def _supervise(self, consumer: AIOKafkaConsumer, high: int) -> None:
+        """Back-pressure per partition, and a fresh worker where one failed."""
+        for p, worker in list(self.workers.items()):
+            tp = worker.tp
+            if len(worker.queue) > high and p not in self._paused:
+                consumer.pause(tp)
+                self._paused.add(p)
+            elif len(worker.queue) <= high // 2 and p in self._paused:
+                consumer.resume(tp)
+                self._paused.discard(p)
+            task = worker.task
+            if task is not None and task.done() and not worker.stopping:
+                # fenced or failed: drop what it held; restart from the committed offset
+                self.workers.pop(p)
+                await worker.stop(0)
+                if worker.fenced:
+                    continue  # another instance owns p; the rebalance will tell us
+                committed = await consumer.committed(tp)
+                consumer.seek(tp, committed if committed is not None else 0)
+                await asyncio.sleep(1.0)
+                self.assign([p])
+
+    def ready(self) -> bool:
+        return self._running and all(w.ready.is_set() for w in self.workers.values())
+
+    async def stop(self) -> None:
+        self._running = False
+        await self.revoke(list(self.workers))
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None

@@ -1,0 +1,344 @@
+"""The HTTP API, the Graph proxy and the client library through a real broker.
+
+The window worker's part (send-requests → decisions) is played by `FakeWindow` (the offline
+gateway over events given here); `test_dispatcher_window.py` runs the same path with the real
+worker. Delivery goes to the Graph stand-in. The proxy is driven by fbmessenger 6.0.0, an
+unmodified Messenger client library from PyPI, whose `graph_url` points at the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import fbmessenger
+import pytest_asyncio
+
+from schemas.events import (
+    Event,
+    MessageReceived,
+    OtnOptin,
+    PolicyEnforcement,
+    RecurringOptin,
+    UserUnavailable,
+)
+from services.common.runtime import now_ms
+from services.common.topics import Topics
+from services.dispatcher.service import DispatcherService
+from tests.graph_standin import GraphStandIn
+from tests.integration.dispatcher_kit import (
+    API_TOKEN,
+    HOUR,
+    PAGE_EU,
+    PAGE_US,
+    TOKENS,
+    Collector,
+    FakeWindow,
+    config,
+    create_topics,
+    publish_events,
+    rules,
+)
+from windowgate.client import HttpGateway, KafkaGateway, new_request
+from windowgate.devbroker import unique_name
+
+BOOK = rules()
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@dataclass
+class Api:
+    bootstrap: str
+    topics: Topics
+    url: str
+    standin: GraphStandIn
+    window: FakeWindow
+    collector: Collector
+    http: aiohttp.ClientSession
+
+    async def know(self, *events: Event) -> None:
+        """Tell the window (and the events topic, which the proxy's token index reads)."""
+        self.window.know(events)
+        await publish_events(self.bootstrap, self.topics.events, events)
+
+    async def post(self, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.post(f"{self.url}{path}", **kw) as response:
+            return response.status, await response.json(content_type=None)
+
+
+def opener(user: str) -> MessageReceived:
+    return MessageReceived(
+        page_id=PAGE_EU, user_id=user, timestamp=now_ms() - HOUR, mid=unique_name("mid")
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api(kafka_bootstrap: str) -> AsyncIterator[Api]:
+    standin = GraphStandIn(TOKENS)
+    await standin.start()
+    prefix = unique_name("api") + "."
+    topics = await create_topics(kafka_bootstrap, prefix, 2)
+    window = FakeWindow(kafka_bootstrap, topics, BOOK)
+    await window.start()
+    collector = Collector(kafka_bootstrap, topics)
+    await collector.start()
+    cfg = config(kafka_bootstrap, prefix, standin.base_url, outcome_wait_s=5.0)
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    await service.start()
+    http = aiohttp.ClientSession()
+    try:
+        yield Api(
+            kafka_bootstrap,
+            topics,
+            f"http://127.0.0.1:{service.port}",
+            standin,
+            window,
+            collector,
+            http,
+        )
+    finally:
+        await http.close()
+        await service.stop()
+        await collector.stop()
+        await window.stop()
+        await standin.stop()
+
+
+async def test_post_message_decided_and_delivered(api: Api) -> None:
+    user = unique_name("u")
+    await api.know(opener(user))
+    body = {
+        "request_id": unique_name("r"),
+        "page_id": PAGE_EU,
+        "user_id": user,
+        "message": {"text": "order shipped"},
+    }
+    status, answer = await api.post("/v1/messages", json=body, headers=AUTH)
+    assert status == 200, answer
+    assert (answer["allowed"], answer["reason"], answer["mechanism"]) == (
+        True,
+        "window_open",
+        "RESPONSE",
+    )
+    assert answer["delivery"]["status"] == "sent" and answer["delivery"]["message_id"]
+    [call] = api.standin.calls_for("order shipped")
+    assert call.body["recipient"] == {"id": user}
+
+    again_status, again = await api.post("/v1/messages", json=body, headers=AUTH)
+    assert again_status == 200 and again["duplicate"] is True
+    assert again["delivery"]["message_id"] == answer["delivery"]["message_id"]
+    assert len(api.standin.calls_for("order shipped")) == 1  # I3: never a second send
+
+    async with api.http.get(f"{api.url}/v1/decisions/{body['request_id']}", headers=AUTH) as r:
+        found = await r.json()
+    assert r.status == 200 and found["request_id"] == body["request_id"]
+    async with api.http.get(f"{api.url}/v1/decisions/never", headers=AUTH) as r:
+        assert r.status == 404
+
+
+async def test_post_message_refused_with_alternatives(api: Api) -> None:
+    user = unique_name("u")
+    await api.know(
+        OtnOptin(
+            page_id=PAGE_EU,
+            user_id=user,
+            timestamp=now_ms() - HOUR,
+            token=unique_name("t"),
+            topic="restock",
+        )
+    )
+    body = {
+        "request_id": unique_name("r"),
+        "page_id": PAGE_EU,
+        "user_id": user,
+        "message": {"text": "x"},
+    }
+    status, answer = await api.post("/v1/messages", json=body, headers=AUTH)
+    assert status == 200
+    assert (answer["allowed"], answer["reason"]) == (False, "window_closed")
+    assert "OTN" in [a["mechanism"] for a in answer["alternatives"]]
+    assert "delivery" not in answer
+
+
+async def test_v1_needs_a_bearer_token(api: Api) -> None:
+    status, _ = await api.post("/v1/messages", json={})
+    assert status == 401
+
+
+async def test_proxy_with_an_unmodified_messenger_library(api: Api) -> None:
+    user, stranger = unique_name("u"), unique_name("u")
+    await api.know(opener(user))
+    bot = fbmessenger.MessengerClient(TOKENS[PAGE_EU], api_version="25.0")
+    bot.graph_url = f"{api.url}/v25.0"  # configuration, not a change: the library is as shipped
+
+    sent = await asyncio.to_thread(bot.send, {"text": "via fbmessenger"}, user, "RESPONSE")
+    [call] = api.standin.calls_for("via fbmessenger")
+    assert sent == call.answer  # Meta's own answer, passed through
+    assert call.body["messaging_type"] == "RESPONSE"
+
+    refused = await asyncio.to_thread(bot.send, {"text": "nope"}, stranger, "UPDATE")
+    assert (refused["error"]["code"], refused["error"]["error_subcode"]) == (10, 2018278)
+    assert refused["windowgate"]["reason"] == "window_closed"
+    assert api.standin.calls_for("nope") == []
+
+
+async def test_proxy_returns_metas_error_when_meta_refuses(api: Api) -> None:
+    user = unique_name("u")
+    await api.know(opener(user))
+    api.standin.script("error-person-unavailable", recipient=user)
+    bot = fbmessenger.MessengerClient(TOKENS[PAGE_EU], api_version="25.0")
+    bot.graph_url = f"{api.url}/v25.0"
+    answer = await asyncio.to_thread(bot.send, {"text": "blocked?"}, user, "RESPONSE")
+    assert (answer["error"]["code"], answer["error"]["error_subcode"]) == (551, 1545041)
+
+
+async def test_proxy_one_time_token_recipient(api: Api) -> None:
+    user, token = unique_name("u"), unique_name("otn")
+    await api.know(
+        OtnOptin(
+            page_id=PAGE_EU, user_id=user, timestamp=now_ms() - HOUR, token=token, topic="restock"
+        )
+    )
+    body = {"recipient": {"one_time_notif_token": token}, "message": {"text": f"back {token}"}}
+    url = f"/v25.0/{PAGE_EU}/messages?access_token={TOKENS[PAGE_EU]}"
+    for _ in range(100):  # the token index reads the opt-in from the events topic
+        status, answer = await api.post(url, json=body)
+        if answer.get("windowgate", {}).get("reason") != "no_token_for_topic":
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200 and answer["message_id"], answer
+    assert api.standin.calls_for(f"back {token}")[0].token == token
+    status, again = await api.post(url, json=body)
+    assert again["windowgate"]["reason"] == "token_spent"
+    assert api.standin.token_uses()[token] == 1
+
+
+async def test_client_library_over_kafka_and_http(api: Api) -> None:
+    user = unique_name("u")
+    await api.know(opener(user))
+    async with KafkaGateway(api.bootstrap, api.topics.prefix) as gateway:
+        decision = await gateway.send(new_request(PAGE_EU, user, message={"text": "via kafka"}))
+    assert decision is not None and decision.allowed and decision.mechanism == "RESPONSE"
+    async with HttpGateway(api.url, API_TOKEN) as http:
+        reply = await http.send_and_wait(new_request(PAGE_EU, user, message={"text": "via http"}))
+    assert reply.decision is not None and reply.decision.allowed
+    assert reply.delivery is not None and reply.delivery["status"] == "sent"
+    await api.collector.outcome(decision.request_id)
+    assert len(api.standin.calls_for("via kafka")) == 1
+
+
+BLOCKED_PAGE = "111222333444555"  # not in the pages file; blocked by policy enforcement
+
+
+DAY = 24 * HOUR
+
+
+def wrote(page: str, ago: int = HOUR, standby: bool = False) -> MessageReceived:
+    return MessageReceived(
+        page_id=page, user_id="", timestamp=now_ms() - ago, mid=unique_name("m"), standby=standby
+    )
+
+
+def otn_optin(ago: int = HOUR) -> OtnOptin:
+    return OtnOptin(
+        page_id=PAGE_EU,
+        user_id="",
+        timestamp=now_ms() - ago,
+        token=unique_name("t"),
+        topic="restock",
+    )
+
+
+def subscription(page: str) -> RecurringOptin:
+    return RecurringOptin(
+        page_id=page,
+        user_id="",
+        timestamp=now_ms() - HOUR,
+        token=unique_name("rn"),
+        topic="deals",
+        frequency="WEEKLY",
+    )
+
+
+def refusal_cases() -> list[tuple[str, str, list[Event], dict[str, Any]]]:
+    """(reason, page, the user's events, the request): one per refusal reason decide can give."""
+    author = {"purpose": "human_agent", "human_author": "ana"}
+    unavailable = UserUnavailable(page_id=PAGE_EU, user_id="", timestamp=now_ms() - 60_000)
+    return [
+        ("window_closed", PAGE_EU, [], {}),
+        ("human_agent_window_closed", PAGE_EU, [wrote(PAGE_EU, 8 * DAY)], author),
+        ("human_agent_not_permitted", PAGE_US, [wrote(PAGE_US)], author),
+        ("human_author_missing", PAGE_EU, [wrote(PAGE_EU)], {"purpose": "human_agent"}),
+        ("tag_retired", PAGE_EU, [wrote(PAGE_EU)], {"purpose": "tag", "tag": "ACCOUNT_UPDATE"}),
+        (
+            "mechanism_disabled",
+            PAGE_US,
+            [wrote(PAGE_US)],
+            {"purpose": "tag", "tag": "CUSTOMER_FEEDBACK"},
+        ),
+        ("invalid_request", PAGE_EU, [wrote(PAGE_EU)], {"purpose": "tag"}),
+        ("no_token_for_topic", PAGE_EU, [otn_optin()], {"purpose": "otn", "topic": "other"}),
+        ("token_expired", PAGE_EU, [otn_optin(400 * DAY)], {"purpose": "otn", "topic": "restock"}),
+        (
+            "platform_unsupported",
+            PAGE_EU,
+            [],
+            {"purpose": "otn", "topic": "restock", "platform": "instagram"},
+        ),
+        (
+            "mechanism_ended",
+            PAGE_US,
+            [subscription(PAGE_US)],
+            {"purpose": "recurring", "topic": "deals"},
+        ),
+        (
+            "region_excluded",
+            PAGE_EU,
+            [subscription(PAGE_EU)],
+            {"purpose": "marketing", "topic": "deals"},
+        ),
+        ("deadline_passed", PAGE_EU, [wrote(PAGE_EU)], {"send_by": now_ms() - 1000}),
+        ("user_unavailable", PAGE_EU, [wrote(PAGE_EU), unavailable], {}),
+        ("thread_owned_by_other_app", PAGE_EU, [wrote(PAGE_EU, standby=True)], {}),
+        ("page_restricted", BLOCKED_PAGE, [wrote(BLOCKED_PAGE)], {}),
+    ]
+
+
+async def test_every_refusal_reason_end_to_end(api: Api) -> None:
+    """Each reason through POST /v1/messages → window → decisions → back; never a Graph call."""
+    await api.know(
+        PolicyEnforcement(
+            page_id=BLOCKED_PAGE, user_id="", timestamp=now_ms() - HOUR, action="block"
+        )
+    )
+    seen: set[str] = set()
+    for reason, page, events, ask in refusal_cases():
+        user = unique_name("u")
+        await api.know(*(replace(e, user_id=user) for e in events))
+        text = f"refusal {reason} {user}"
+        body = {
+            "request_id": unique_name("r"),
+            "page_id": page,
+            "user_id": user,
+            "message": {"text": text},
+            **ask,
+        }
+        status, answer = await api.post("/v1/messages", json=body, headers=AUTH)
+        assert status == 200, (reason, answer)
+        assert (answer["allowed"], answer["reason"]) == (False, reason), (reason, answer)
+        assert answer["detail"]
+        seen.add(answer["reason"])
+        assert api.standin.calls_for(text) == []
+
+    cooled = unique_name("u")  # the last refusal: a recurring token inside its cooldown
+    await api.know(replace(subscription(PAGE_EU), user_id=cooled))
+    ask = {"page_id": PAGE_EU, "user_id": cooled, "purpose": "recurring", "topic": "deals"}
+    first = {"request_id": unique_name("r"), "message": {"text": "deals 1"}, **ask}
+    second = {"request_id": unique_name("r"), "message": {"text": "deals 2"}, **ask}
+    assert (await api.post("/v1/messages", json=first, headers=AUTH))[1]["allowed"]
+    _, answer = await api.post("/v1/messages", json=second, headers=AUTH)
+    assert (answer["allowed"], answer["reason"]) == (False, "cooldown")
+    assert len(seen) == len(refusal_cases())  # one case per reason, no two alike

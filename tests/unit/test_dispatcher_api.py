@@ -1,0 +1,260 @@
+"""The HTTP API and the Graph proxy, with an in-memory window (no broker): the shapes callers and
+unmodified Messenger libraries see. The same paths run against Kafka in the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fbmessenger
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from schemas.decision import DecisionRecord
+from schemas.request import SendRequest
+from services.common.topics import Topics
+from services.dispatcher.api import DispatcherApi
+from services.dispatcher.dispatchlog import Done
+from services.dispatcher.feeds import OutcomeWatcher, TokenIndex, TokenOwner
+from tests.unit.builders import PAGE, T0, USER, H, message, otn
+from windowgate.client import DecisionWatcher
+from windowgate.offline import OfflineGateway
+from windowgate.pages import PageConfig
+from windowgate.rulebook import load_rules
+
+PAGE_TOKEN = "page-access-token"
+API_TOKEN = "api-token"
+NOW = T0 + H
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@dataclass
+class Window:
+    """Fake window + worker: decides with the offline gateway, 'delivers' every allowed one."""
+
+    gateway: OfflineGateway
+    decisions: DecisionWatcher
+    outcomes: OutcomeWatcher
+    deliver: bool = True
+    decide: bool = True
+    broker_down: bool = False
+    published: list[SendRequest] = field(default_factory=list)
+
+    async def publish(self, request: SendRequest) -> None:
+        if self.broker_down:
+            raise ConnectionError("KafkaConnectionError: no broker")
+        self.published.append(request)
+        if not self.decide:
+            return
+        decision = self.gateway.decide(request, NOW)
+
+        def later() -> None:
+            self.decisions.remember(DecisionRecord(decision, request.message))
+            if self.deliver and decision.allowed and not decision.duplicate:
+                self.outcomes.remember(
+                    Done(
+                        request_id=request.request_id,
+                        page_id=request.page_id,
+                        user_id=request.user_id,
+                        at=NOW,
+                        status="sent",
+                        message_id="m_1",
+                        graph_status=200,
+                        graph_body={"recipient_id": request.user_id, "message_id": "m_1"},
+                    )
+                )
+
+        asyncio.get_running_loop().call_soon(later)
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], Window]]:
+    rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE, access_token=PAGE_TOKEN)})
+    gateway = OfflineGateway(rules)
+    gateway.apply_events([message(T0, "m-open"), otn(T0, "otn-1", "restock")])
+    decisions = DecisionWatcher("unused:9092", Topics("t."), recent=100)
+    outcomes = OutcomeWatcher("unused:9092", "t.dispatch-log", recent=100)
+    tokens = TokenIndex("unused:9092", "t.events")
+    tokens.owners["otn-1"] = TokenOwner(PAGE, USER, "restock", "messenger")
+    tokens.is_caught_up = True
+    window = Window(gateway, decisions, outcomes)
+    api = DispatcherApi(
+        rules=rules,
+        decisions=decisions,
+        outcomes=outcomes,
+        tokens=tokens,
+        publish=window.publish,
+        clock=lambda: NOW,
+        api_tokens=(API_TOKEN,),
+        wait_s=0.3,
+        outcome_wait_s=0.3,
+    )
+    async with TestClient(TestServer(api.app())) as client:
+        yield client, window
+
+
+def send_request(request_id: str, **kw: Any) -> dict[str, Any]:
+    return {"request_id": request_id, "page_id": PAGE, "user_id": USER, **kw}
+
+
+async def test_post_message_returns_the_decision_and_delivery(setup: Any) -> None:
+    client, window = setup
+    body = send_request("r1", message={"text": "hi"})
+    response = await client.post("/v1/messages", json=body, headers=AUTH)
+    assert response.status == 200
+    answer = await response.json()
+    assert (answer["allowed"], answer["reason"], answer["mechanism"]) == (
+        True,
+        "window_open",
+        "RESPONSE",
+    )
+    assert answer["delivery"]["status"] == "sent"
+    assert window.published[0].created_at == NOW  # filled in when the caller left it out
+
+
+async def test_repeated_request_id_gets_the_first_decision(setup: Any) -> None:
+    client, _ = setup
+    body = send_request("r2", purpose="otn", topic="restock", message={"text": "back"})
+    first = await (await client.post("/v1/messages", json=body, headers=AUTH)).json()
+    again = await (await client.post("/v1/messages", json=body, headers=AUTH)).json()
+    assert first["allowed"] and first["token"] == "otn-1" and not first["duplicate"]
+    assert again["duplicate"] is True and again["token"] == "otn-1"
+
+
+async def test_refusal_lists_alternatives(setup: Any) -> None:
+    client, _ = setup
+    body = send_request("r3", purpose="otn", topic="price-drop", message={"text": "x"})
+    answer = await (await client.post("/v1/messages", json=body, headers=AUTH)).json()
+    assert (answer["allowed"], answer["reason"]) == (False, "no_token_for_topic")
+    assert "delivery" not in answer
+    assert {a["mechanism"] for a in answer["alternatives"]} >= {"RESPONSE"}
+
+
+async def test_get_decision(setup: Any) -> None:
+    client, _ = setup
+    await client.post("/v1/messages", json=send_request("r4", message={"text": "x"}), headers=AUTH)
+    found = await client.get("/v1/decisions/r4", headers=AUTH)
+    assert found.status == 200 and (await found.json())["request_id"] == "r4"
+    missing = await client.get("/v1/decisions/never-seen", headers=AUTH)
+    assert missing.status == 404 and "window service" in (await missing.json())["detail"]
+
+
+async def test_no_decision_in_time_is_202_with_a_link(setup: Any) -> None:
+    client, window = setup
+    window.decide = False
+    response = await client.post("/v1/messages", json=send_request("r5"), headers=AUTH)
+    assert response.status == 202
+    assert response.headers["Location"] == "/v1/decisions/r5"
+    assert (await response.json())["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("body", "field_name"),
+    [
+        ({"page_id": PAGE, "user_id": USER}, "request_id"),
+        (send_request("r", purpose="x"), "purpose"),
+    ],
+)
+async def test_bad_request_is_400_naming_the_field(setup: Any, body: Any, field_name: str) -> None:
+    client, window = setup
+    response = await client.post("/v1/messages", json=body, headers=AUTH)
+    assert response.status == 400 and (await response.json())["field"] == field_name
+    assert window.published == []
+
+
+async def test_v1_needs_the_bearer_token(setup: Any) -> None:
+    client, window = setup
+    response = await client.post("/v1/messages", json=send_request("r6"))
+    assert response.status == 401
+    wrong = await client.get("/v1/decisions/r6", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401 and window.published == []
+
+
+async def test_kafka_down_is_503(setup: Any) -> None:
+    client, window = setup
+    window.broker_down = True
+    response = await client.post("/v1/messages", json=send_request("r7"), headers=AUTH)
+    assert response.status == 503
+    assert "not accepted" in (await response.json())["detail"]
+    body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
+    proxied = await client.post(f"/v25.0/me/messages?access_token={PAGE_TOKEN}", json=body)
+    assert proxied.status == 503 and (await proxied.json())["error"]["code"] == 2
+
+
+# ---- the proxy ----------------------------------------------------------------------------------
+
+
+async def test_proxy_with_an_unmodified_messenger_library(setup: Any) -> None:
+    """fbmessenger 6.0.0 pointed at the proxy: allowed goes through, refused is Meta's error."""
+    client, window = setup
+    bot = fbmessenger.MessengerClient(PAGE_TOKEN, api_version="25.0")
+    bot.graph_url = str(client.make_url("/v25.0"))
+    answer = await asyncio.to_thread(bot.send, {"text": "hello"}, USER, "RESPONSE")
+    assert answer == {"recipient_id": USER, "message_id": "m_1"}
+    assert window.published[-1].purpose == "response"
+    refused = await asyncio.to_thread(bot.send, {"text": "hi"}, "someone-new", "RESPONSE")
+    assert refused["error"]["code"] == 10 and refused["error"]["error_subcode"] == 2018278
+    assert refused["windowgate"]["reason"] == "window_closed"
+
+
+async def test_proxy_needs_the_pages_own_token(setup: Any) -> None:
+    client, window = setup
+    body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
+    response = await client.post("/v25.0/me/messages?access_token=wrong", json=body)
+    assert response.status == 400 and (await response.json())["error"]["code"] == 190
+    other_page = await client.post(f"/v25.0/999/messages?access_token={PAGE_TOKEN}", json=body)
+    assert (await other_page.json())["error"]["code"] == 190
+    assert window.published == []
+
+
+async def test_proxy_otn_token_recipient(setup: Any) -> None:
+    client, window = setup
+    body = {"recipient": {"one_time_notif_token": "otn-1"}, "message": {"text": "back!"}}
+    response = await client.post(
+        f"/v25.0/{PAGE}/messages",
+        json=body,
+        headers={"Authorization": f"Bearer {PAGE_TOKEN}", "Idempotency-Key": "k-1"},
+    )
+    assert response.status == 200
+    request = window.published[-1]
+    assert (request.request_id, request.purpose, request.topic, request.user_id) == (
+        "k-1",
+        "otn",
+        "restock",
+        USER,
+    )
+    unknown = {"recipient": {"one_time_notif_token": "nope"}, "message": {"text": "x"}}
+    response = await client.post(f"/v25.0/{PAGE}/messages?access_token={PAGE_TOKEN}", json=unknown)
+    assert (await response.json())["windowgate"]["reason"] == "no_token_for_topic"
+
+
+async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
+    client, window = setup
+    body = {
+        "recipient": {"id": USER},
+        "messaging_type": "MESSAGE_TAG",
+        "tag": "HUMAN_AGENT",
+        "message": {"text": "a person here"},
+    }
+    url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
+    answer = await (await client.post(url, json=body)).json()
+    assert answer["windowgate"]["reason"] in ("human_agent_not_permitted", "human_author_missing")
+    await client.post(url, json=body, headers={"X-Windowgate-Human-Author": "ana@example.com"})
+    assert window.published[-1].human_author == "ana@example.com"
+
+
+async def test_proxy_form_encoded_body(setup: Any) -> None:
+    client, window = setup
+    form = {
+        "recipient": orjson.dumps({"id": USER}).decode(),
+        "messaging_type": "UPDATE",
+        "message": '{"text": "form"}',
+        "access_token": PAGE_TOKEN,
+    }
+    response = await client.post("/v25.0/me/messages", data=form)
+    assert response.status == 200
+    assert window.published[-1].purpose == "update"
+    assert window.published[-1].message == {"text": "form"}

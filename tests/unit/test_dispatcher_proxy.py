@@ -1,0 +1,126 @@
+"""Meta's Send API body → a windowgate ask; a refusal → the error Meta itself would answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from schemas.decision import Alternative, Decision
+from services.dispatcher.dispatchlog import Done
+from services.dispatcher.proxy import ProxyError, forwarded, parse_body, refusal
+from tests.unit.builders import PAGE, T0, USER
+
+TEXT = {"text": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "purpose", "tag"),
+    [
+        ({"messaging_type": "RESPONSE"}, "response", None),
+        ({"messaging_type": "UPDATE"}, "update", None),
+        ({"messaging_type": "UTILITY"}, "utility", None),
+        ({"messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}, "human_agent", "HUMAN_AGENT"),
+        ({"messaging_type": "MESSAGE_TAG", "tag": "ACCOUNT_UPDATE"}, "tag", "ACCOUNT_UPDATE"),
+        ({}, "auto", None),
+    ],
+)
+def test_messaging_type_to_purpose(extra: dict[str, Any], purpose: str, tag: str | None) -> None:
+    ask = parse_body({"recipient": {"id": USER}, "message": TEXT, **extra})
+    assert (ask.recipient.user_id, ask.purpose, ask.tag, ask.message) == (USER, purpose, tag, TEXT)
+
+
+def test_numeric_recipient_id() -> None:
+    assert parse_body({"recipient": {"id": 42}, "message": TEXT}).recipient.user_id == "42"
+
+
+def test_token_recipients() -> None:
+    otn = parse_body({"recipient": {"one_time_notif_token": "T"}, "message": TEXT})
+    assert (otn.purpose, otn.recipient.otn_token) == ("otn", "T")
+    rn = parse_body({"recipient": {"notification_messages_token": "R"}, "message": TEXT})
+    assert (rn.purpose, rn.recipient.recurring_token) == ("recurring", "R")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"message": TEXT},
+        {"recipient": {"id": USER}},
+        {"recipient": {"id": USER}, "message": {}},
+        {"recipient": {"user_ref": "x"}, "message": TEXT},
+        {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "MESSAGE_TAG"},
+        {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "NEWS"},
+        {"recipient": {"id": USER}, "sender_action": "typing_on"},
+    ],
+)
+def test_not_a_message(body: Any) -> None:
+    with pytest.raises(ProxyError) as caught:
+        parse_body(body)
+    assert caught.value.code == 100
+
+
+def decision(reason: Any, platform: Any = "messenger", **kw: Any) -> Decision:
+    return Decision(
+        request_id="r1",
+        page_id=PAGE,
+        user_id=USER,
+        decided_at=T0,
+        allowed=False,
+        reason=reason,
+        detail=f"because {reason}",
+        rules_version="2026-11-24",
+        platform=platform,
+        **kw,
+    )
+
+
+def test_closed_window_is_meta_10_2018278_plus_the_reason() -> None:
+    alt = Alternative(mechanism="OTN", detail="a token", topic="restock")
+    body = refusal(decision("window_closed", alternatives=(alt,)))
+    error = body["error"]
+    assert (error["code"], error["error_subcode"], error["type"]) == (10, 2018278, "OAuthException")
+    assert error["message"].startswith("(#10) ") and error["fbtrace_id"]
+    assert body["windowgate"]["reason"] == "window_closed"
+    assert body["windowgate"]["detail"] == "because window_closed"
+    assert body["windowgate"]["alternatives"][0]["topic"] == "restock"
+
+
+def test_instagram_window_uses_instagram_subcode() -> None:
+    assert refusal(decision("window_closed", "instagram"))["error"]["error_subcode"] == 2534022
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "subcode"),
+    [
+        ("user_unavailable", 551, 1545041),
+        ("opted_out", 10, 1893015),
+        ("tag_retired", 100, None),
+        ("token_spent", 100, None),
+        ("human_agent_not_permitted", 10, None),
+        ("mechanism_ended", 10, None),
+    ],
+)
+def test_refusal_codes(reason: str, code: int, subcode: int | None) -> None:
+    error = refusal(decision(reason))["error"]
+    assert error["code"] == code and error.get("error_subcode") == subcode
+
+
+def done(status: Any, **kw: Any) -> Done:
+    return Done(request_id="r1", page_id=PAGE, user_id=USER, at=T0, status=status, **kw)
+
+
+def test_forwarded_returns_metas_own_answer() -> None:
+    meta = {"recipient_id": USER, "message_id": "m_1"}
+    assert forwarded(done("sent", graph_status=200, graph_body=meta)) == (200, meta)
+    error = {"error": {"code": 551, "error_subcode": 1545041, "message": "x"}}
+    assert forwarded(done("failed", graph_status=400, graph_body=error)) == (400, error)
+
+
+def test_forwarded_without_metas_answer() -> None:
+    status, body = forwarded(done("unknown", detail="timed out"))
+    assert status == 500 and body["error"]["code"] == 2
+    assert body["error"]["is_transient"] is False
+    assert body["windowgate"]["reason"] == "delivery_unknown"
+    status, body = forwarded(done("failed", detail="expired"))
+    assert status == 400 and body["windowgate"]["detail"] == "expired"
