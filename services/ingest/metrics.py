@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -66,13 +68,14 @@ class IngestMetrics:
     def request(self, endpoint: str, status: int) -> None:
         self._child(self._requests, endpoint, str(status)).inc()
 
-    def events(self, kinds: dict[str, int]) -> None:
-        for kind, count in kinds.items():
-            self._child(self._events, kind).inc(count)
+    def events(self, kinds: Iterable[str]) -> None:
+        """One acknowledged event per item, named by its kind."""
+        for kind in kinds:
+            self._child(self._events, kind).inc()
 
-    def dead_letters(self, causes: dict[str, int]) -> None:
-        for cause, count in causes.items():
-            self._child(self._dead_letters, cause).inc(count)
+    def dead_letters(self, causes: Iterable[str]) -> None:
+        for cause in causes:
+            self._child(self._dead_letters, cause).inc()
 
     def duplicates(self, level: str, count: int = 1) -> None:
         if count:

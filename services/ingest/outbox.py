@@ -10,7 +10,6 @@ with a 200, or Meta would retry it until it unsubscribes the app.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,8 +35,10 @@ class Outbox:
     records: list[Record] = field(default_factory=list)
     dedup_keys: list[str] = field(default_factory=list)
     """The dedup keys of the events among `records`, remembered once they are acknowledged."""
-    kinds: Counter[str] = field(default_factory=Counter)
-    dead_letters: Counter[str] = field(default_factory=Counter)
+    kinds: list[str] = field(default_factory=list)
+    """`KIND` of each event among `records`."""
+    dead_letters: list[str] = field(default_factory=list)
+    """Cause of each dead letter among `records`: "unsupported" or "oversize"."""
     skipped: int = 0
     """Events left out because an identical one was acknowledged moments ago."""
 
@@ -57,15 +58,15 @@ def build_outbox(
         value = encode_event(event)
         if len(key) + len(value) > MAX_RECORD_BYTES:
             out.records.append(_oversize_event(event, len(key) + len(value), topics, at_ms))
-            out.dead_letters["oversize"] += 1
+            out.dead_letters.append("oversize")
             continue
         out.records.append((events_topic, key, value))
-        out.kinds[event.KIND] += 1
+        out.kinds.append(event.KIND)
         if dedup:
             out.dedup_keys.append(dedup)
     for item in normalised.unsupported:
         out.records.append(_unsupported(item, topics, at_ms, envelope))
-        out.dead_letters["unsupported"] += 1
+        out.dead_letters.append("unsupported")
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,10 +83,13 @@ class KafkaPublisher:
 
     The service must start, and answer 503, while the broker is down, and recover without a
     restart. So `start()` only launches a connector task: it ensures the topics (same partition
-    count for every keyed topic), starts a producer and keeps it until a publish reports the
-    producer unusable (a non-retriable Kafka error such as a broken idempotence sequence); then
-    it builds a fresh one. Transient outages need no new producer: aiokafka reconnects by itself
-    and, being idempotent, retries its batches without expiring them.
+    count for every keyed topic), starts a producer and keeps it until the producer looks
+    unusable; then it builds a fresh one. Unusable: a publish failed with a non-retriable Kafka
+    error (e.g. a broken idempotence sequence, after which aiokafka fails every send), or every
+    publish has failed for `replace_after_s` (a producer can also just hang). Short outages need
+    no new producer: aiokafka reconnects by itself and, being idempotent, retries its batches
+    without expiring them. Replacing one is always safe: what it still holds was never
+    acknowledged to Meta, who sends it again.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class KafkaPublisher:
         retry_delay_s: tuple[float, float] = (0.2, 5.0),
         connect_timeout_s: float = 10.0,
         retire_timeout_s: float = 30.0,
+        replace_after_s: float = 30.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._topics = topics
@@ -108,16 +113,14 @@ class KafkaPublisher:
         self._retry_delay_s = retry_delay_s
         self._connect_timeout_s = connect_timeout_s
         self._retire_timeout_s = retire_timeout_s
+        self._replace_after_s = replace_after_s
+        self._failing_since: float | None = None
         self._producer: AIOKafkaProducer | None = None
         self._problem = f"not connected to Kafka at {bootstrap} yet"
         self._connected = asyncio.Event()
         self._broken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
-
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None
 
     async def start(self) -> None:
         if self._task is not None:
@@ -144,40 +147,36 @@ class KafkaPublisher:
         producer = self._producer
         if producer is None:
             raise BrokerUnavailable(self._problem)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         send = producer.send
         futures: list[asyncio.Future[object]] = []
+        acked = False
         try:
-            # Cancelling send() withdraws the record that was being added (aiokafka documents
-            # it); records already added stay in the producer and may still be delivered.
-            async with asyncio.timeout_at(deadline):
+            # One deadline for handing over and for the acks. Cancelling send() withdraws the
+            # record being added; cancelling a delivery future does not stop its delivery
+            # (aiokafka documents both): records handed over before the deadline may still be
+            # stored later, which is harmless (see the module docstring).
+            async with asyncio.timeout(timeout_s):
                 for topic, key, value in records:
                     futures.append(await send(topic, value=value, key=key))
+                if len(futures) == 1:
+                    await futures[0]
+                else:
+                    await asyncio.gather(*futures)
+            acked = True
+            self._failing_since = None
         except TimeoutError:
-            for future in futures:
-                future.add_done_callback(_swallow)
+            self._note_failure()
             raise PublishTimeout(
-                f"Kafka took only {len(futures)} of {len(records)} records within {timeout_s} s"
+                f"Kafka did not acknowledge all {len(records)} records within {timeout_s} s "
+                f"({len(futures)} handed over)"
             ) from None
         except Exception as exc:
-            for future in futures:
-                future.add_done_callback(_swallow)
+            self._note_failure()
             raise self._failed(exc) from exc
-        if not futures:
-            return
-        _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-        if pending:
-            for future in pending:
-                future.add_done_callback(_swallow)
-            raise PublishTimeout(
-                f"Kafka acknowledged {len(futures) - len(pending)} of {len(records)} records "
-                f"within {timeout_s} s"
-            )
-        for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise self._failed(error) from error
+        finally:
+            if not acked:
+                for future in futures:
+                    future.add_done_callback(_swallow)
 
     async def health(self, timeout_s: float) -> Health:
         producer = self._producer
@@ -191,12 +190,25 @@ class KafkaPublisher:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _note_failure(self) -> None:
+        """Ask for a fresh producer when nothing has succeeded for `replace_after_s`."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self._replace_after_s and not self._broken.is_set():
+            log.warning(
+                "every publish failed for %.0f s: replacing the Kafka producer",
+                now - self._failing_since,
+            )
+            self._broken.set()
+
     def _failed(self, exc: BaseException) -> PublishError:
         """Classify a delivery error; ask for a fresh producer when this one cannot recover."""
         if isinstance(exc, KafkaTimeoutError):
             return PublishTimeout(f"Kafka timed out: {_describe(exc)}")
         retriable = isinstance(exc, KafkaError) and exc.retriable
-        if not retriable and not isinstance(exc, MessageSizeTooLargeError):
+        fatal = not retriable and not isinstance(exc, MessageSizeTooLargeError)
+        if fatal and not self._broken.is_set():
             log.warning("Kafka producer unusable, replacing it: %s", _describe(exc))
             self._broken.set()
         return BrokerUnavailable(f"Kafka did not store the records: {_describe(exc)}")
@@ -229,6 +241,7 @@ class KafkaPublisher:
                 log.warning("%s; retrying in %.1f s", self._problem, delay)
             else:
                 self._broken.clear()
+                self._failing_since = None
                 self._producer = producer
                 self._connected.set()
                 log.info("connected to Kafka at %s", self._bootstrap)
@@ -236,7 +249,7 @@ class KafkaPublisher:
                 await self._broken.wait()
                 self._producer = None
                 self._connected.clear()
-                self._problem = "the Kafka producer failed; reconnecting"
+                self._problem = "replacing an unusable Kafka producer; reconnecting"
             if producer is not None:
                 self._spawn_retire(producer)
             await asyncio.sleep(delay)

@@ -9,13 +9,15 @@ answered 503 is published again in full on Meta's retry.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 
 class RecentKeys:
     """Insertion-ordered, bounded: the oldest key leaves when a new one would exceed `capacity`.
 
-    A dict keeps insertion order, so the oldest key is `next(iter(...))`: O(1) per operation.
+    An OrderedDict, not a dict: popping a plain dict's first key again and again leaves a trail
+    of deleted slots that `next(iter(d))` has to walk; `popitem(last=False)` is O(1).
     Capacity 0 turns the cache off (everything is "new").
     """
 
@@ -25,7 +27,7 @@ class RecentKeys:
         if capacity < 0:
             raise ValueError(f"capacity must be 0 or more, got {capacity}")
         self._capacity = capacity
-        self._keys: dict[str, None] = {}
+        self._keys: OrderedDict[str, None] = OrderedDict()
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -40,7 +42,7 @@ class RecentKeys:
         if key in keys:
             return
         if len(keys) >= self._capacity:
-            del keys[next(iter(keys))]
+            keys.popitem(last=False)
         keys[key] = None
 
     def update(self, keys: Iterable[str]) -> None:
