@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-unit bench lint broker broker-stop clean
+.PHONY: install run demo test test-unit bench bench-quick lint broker broker-stop clean
 
 install: $(STAMP)
 
@@ -22,8 +22,18 @@ test: install
 test-unit: install
 	$(PY) -m pytest tests/unit
 
+## Core, ingest, window and dispatcher benchmarks: figures beside same-run references, no asserts.
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.ingest
+	$(PY) -m bench.window
+	$(PY) -m bench.dispatcher
+
+bench-quick: install
+	$(PY) -m bench --quick
+	$(PY) -m bench.ingest --quick
+	$(PY) -m bench.window --quick
+	$(PY) -m bench.dispatcher --quick
 
 lint: install
 	$(PY) -m ruff check .
@@ -37,7 +47,12 @@ broker: install
 broker-stop: install
 	$(PY) -m windowgate.devbroker stop
 
+## The whole gateway locally: broker, Graph stand-in, ingest, window, dispatcher, traffic, live summary.
 run: install
+	$(PY) -m services.local_run
+
+## Offline: fold Meta's fixture webhooks and print decisions at chosen instants (no services).
+demo: install
 	$(PY) -m windowgate.demo
 
 clean:
