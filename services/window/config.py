@@ -1,0 +1,107 @@
+"""The window worker's configuration: the shared `Settings` plus the few variables it adds.
+
+| variable | default | meaning |
+|---|---|---|
+| WINDOW_STORE | rocksdb:// | table store: `rocksdb://` (local RocksDB + changelog) or `memory://` |
+| WINDOW_DATA_DIR | .windowgate/window | faust data dir (RocksDB files): one per worker per host |
+| WINDOW_APP_ID | `<prefix>window` | faust app id: consumer group and changelog topic names |
+| WINDOW_HOST | 0.0.0.0 | address the HTTP server binds |
+| WINDOW_ADVERTISED_URL | http://<hostname>:<WINDOW_PORT> | how other workers reach this one |
+| WINDOW_STANDBY_REPLICAS | 1 | warm copies of other workers' partitions (fast take-over) |
+| WINDOW_REPLICATION_FACTOR | 1 | replication of the changelog topics (1: single-node broker) |
+| WINDOW_REACH_FLUSH_S | 0.5 | how often reach aggregates absorb state changes |
+| WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
+| WINDOW_LOG_LEVEL | INFO | log level |
+
+The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.settings import Settings, SettingsError
+
+STORES = ("rocksdb://", "memory://")
+USERS_TABLE = "users"
+PAGES_TABLE = "pages"
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    settings: Settings
+    store: str = "rocksdb://"
+    data_dir: Path = Path(".windowgate/window")
+    app_id: str = "windowgate.window"
+    host: str = "0.0.0.0"
+    advertised_url: str = ""
+    standby_replicas: int = 1
+    replication_factor: int = 1
+    reach_flush_s: float = 0.5
+    session_timeout_s: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WindowConfig:
+        env = settings.extra
+        store = env.get("WINDOW_STORE") or cls.store
+        if store not in STORES:
+            raise SettingsError(f"WINDOW_STORE must be one of {', '.join(STORES)}, got {store!r}")
+        advertised = env.get("WINDOW_ADVERTISED_URL") or (
+            f"http://{socket.gethostname()}:{settings.window_port}"
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            data_dir=Path(env.get("WINDOW_DATA_DIR") or cls.data_dir).expanduser(),
+            app_id=env.get("WINDOW_APP_ID") or f"{settings.topic_prefix}window",
+            host=env.get("WINDOW_HOST") or cls.host,
+            advertised_url=advertised.rstrip("/"),
+            standby_replicas=_count(env, "WINDOW_STANDBY_REPLICAS", cls.standby_replicas, 0),
+            replication_factor=_count(env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1),
+            reach_flush_s=_seconds(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s),
+            session_timeout_s=_seconds(env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s),
+            log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
+        )
+
+    @property
+    def users_changelog(self) -> str:
+        return changelog_topic(self.app_id, USERS_TABLE)
+
+    @property
+    def pages_changelog(self) -> str:
+        return changelog_topic(self.app_id, PAGES_TABLE)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """faust's name for a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
+
+
+def _count(env: Mapping[str, str], name: str, default: int, low: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < low:
+        raise SettingsError(f"{name} must be at least {low}, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value

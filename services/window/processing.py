@@ -1,0 +1,264 @@
+"""Every step of the window worker as a plain function: decode → pure core → encode.
+
+The faust agents only loop over these (see `app`), the replay calls `apply_event` (so a rebuilt
+table is folded by the very code that folded the live one) and the unit tests drive them with
+dict-backed tables. Nothing here awaits: a step reads a user's state, computes and writes it back
+in one go, which the event loop makes atomic within the process; partition ownership makes the
+process the only writer of that user (I1).
+
+Outputs are returned, not produced: the caller hands them to its producer.
+
+Request steps (the single writer also decides):
+
+- a new request is decided against the user's state and the page's state, the decision is folded
+  in as `RequestDecided` (reserving the token of an allowed OTN / recurring / marketing decision,
+  and remembering the request_id for I3), and two records go out: the `DecisionRecord` for the
+  dispatcher and the `RequestDecided` event, so that the events topic alone rebuilds the table
+  (I8);
+- a repeated request_id (a new record) gets its remembered decision back marked `duplicate`;
+- a redelivered record (offset `<=` the user's `request_offset`: faust is at-least-once and a
+  crash can lose the outputs of a record whose state change survived) re-emits the remembered
+  decision *as first decided*, not as a duplicate, so the dispatcher sees it at least once. The
+  dispatcher deduplicates by request_id anyway (I5), which makes the re-emission harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka.partitioner import murmur2
+
+from schemas.codec import SchemaError
+from schemas.decision import Decision, DecisionRecord, encode_decision_record
+from schemas.events import Event, RequestDecided, decode_event, encode_event, event_key
+from schemas.request import SendRequest, decode_request
+from schemas.state import PageState, UserState
+from services.common.deadletter import dead_letter_record
+from services.window.store import NO_OFFSET, StoredUser, Tables
+from windowgate.decide import decide
+from windowgate.fold import empty_state, fold, fold_page, is_page_event
+from windowgate.rulebook import RuleBook
+
+log = logging.getLogger(__name__)
+
+SERVICE = "window"
+
+OutputTopic = Literal["events", "decisions", "dead_letter"]
+Outcome = Literal["folded", "unchanged", "page", "decided", "duplicate", "replayed", "dead_letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: for dead letters, partition checks and replay detection."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def describe(self, key: bytes | None) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }
+        if key is not None:
+            described["key"] = key.decode(errors="replace")
+        return described
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: OutputTopic
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a step did: records to produce, the user's new state if it changed, the outcome."""
+
+    outcome: Outcome
+    outputs: tuple[Output, ...] = ()
+    changed: UserState | None = None
+    problem: str | None = None
+
+
+class BadRecord(Exception):
+    """A record the worker must not apply; the message says why (it goes to the dead letters)."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives `key`: where its user lives."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def _check_placement(key: bytes | None, expected: str, source: Source, partitions: int) -> bytes:
+    """A record keyed or placed unlike its user would put a second writer on that user (I1)."""
+    if key is None:
+        raise BadRecord(f"record has no key; expected {expected!r}")
+    if key != expected.encode():
+        raise BadRecord(
+            f"record key {key.decode(errors='replace')!r} does not match its content's key "
+            f"{expected!r}"
+        )
+    if partitions and partition_for(key, partitions) != source.partition:
+        raise BadRecord(
+            f"record for {expected!r} is in partition {source.partition}, but Kafka's default "
+            f"partitioner puts that key in partition {partition_for(key, partitions)} of "
+            f"{partitions}: its producer partitions differently"
+        )
+    return key
+
+
+def _dead_letter(
+    reason: str, key: bytes | None, value: bytes | None, source: Source, now: int
+) -> Result:
+    record = dead_letter_record(SERVICE, reason, value or b"", now, source.describe(key))
+    return Result("dead_letter", (Output("dead_letter", key, record),), problem=reason)
+
+
+def _guarded(
+    step: Callable[[], Result], key: bytes | None, value: bytes | None, source: Source, now: int
+) -> Result:
+    """Run a step; any failure becomes a dead letter (a worker never stops on one record)."""
+    try:
+        return step()
+    except BadRecord as exc:
+        return _dead_letter(str(exc), key, value, source, now)
+    except SchemaError as exc:
+        return _dead_letter(f"malformed record: {exc}", key, value, source, now)
+    except Exception as exc:  # a bug or a bad rules file: keep the record, keep going
+        log.exception("window step failed", extra={"source": source.describe(key)})
+        return _dead_letter(
+            f"could not process: {type(exc).__name__}: {exc}", key, value, source, now
+        )
+
+
+# ---- events --------------------------------------------------------------------------------------
+
+
+def apply_event(tables: Tables, event: Event) -> UserState | None:
+    """Fold one event into its user's (or its page's) stored state: the worker's and the replay's
+    only fold step. Returns the user's new state when it changed; an event that changes nothing
+    writes nothing (no changelog record for reads and deliveries)."""
+    key = event.key.encode()
+    if is_page_event(event):
+        page = tables.get_page(key) or PageState(page_id=event.page_id)
+        folded_page = fold_page(page, event)
+        if folded_page != page:
+            tables.put_page(key, folded_page)
+        return None
+    stored = tables.get_user(key)
+    state = stored.state if stored is not None else empty_state(event)
+    folded = fold(state, event)
+    if folded is state or folded == state:
+        return None
+    offset = stored.request_offset if stored is not None else NO_OFFSET
+    tables.put_user(key, StoredUser(folded, offset))
+    return folded
+
+
+def process_event_record(
+    tables: Tables,
+    key: bytes | None,
+    value: bytes | None,
+    source: Source,
+    now: int,
+    partitions: int = 0,
+) -> Result:
+    """One record of `<prefix>events`: decode, check its placement, fold. `partitions` (the topic's
+    partition count) enables the placement check; 0 skips it."""
+
+    def step() -> Result:
+        if value is None:
+            raise BadRecord("record has no value")
+        event = decode_event(value)
+        _check_placement(key, event.key, source, partitions)
+        if is_page_event(event):
+            apply_event(tables, event)
+            return Result("page")
+        changed = apply_event(tables, event)
+        return Result("unchanged") if changed is None else Result("folded", changed=changed)
+
+    return _guarded(step, key, value, source, now)
+
+
+# ---- send requests -------------------------------------------------------------------------------
+
+
+def decided_event(decision: Decision, platform: Any) -> RequestDecided:
+    """The event that records `decision` in the events topic (its time is the decision's)."""
+    return RequestDecided(
+        page_id=decision.page_id,
+        user_id=decision.user_id,
+        timestamp=decision.decided_at,
+        platform=platform,
+        dedup_key=f"decided:{decision.request_id}",
+        decision=decision,
+    )
+
+
+def _decision_outputs(
+    key: bytes, decision: Decision, request: SendRequest, platform: Any
+) -> tuple[Output, ...]:
+    record = encode_decision_record(DecisionRecord(decision, request.message))
+    if decision.duplicate:
+        return (Output("decisions", key, record),)
+    return (
+        Output("decisions", key, record),
+        Output("events", key, encode_event(decided_event(decision, platform))),
+    )
+
+
+def process_request_record(
+    tables: Tables,
+    key: bytes | None,
+    value: bytes | None,
+    source: Source,
+    now: int,
+    rules: RuleBook,
+    partitions: int = 0,
+) -> Result:
+    """One record of `<prefix>send-requests`: decide it against the user's state, record the
+    decision in that state and emit it (see the module docstring for duplicates and replays)."""
+
+    def step() -> Result:
+        if value is None:
+            raise BadRecord("record has no value")
+        request = decode_request(value)
+        user_key = _check_placement(key, request.key, source, partitions)
+        stored = tables.get_user(user_key)
+        if stored is not None and source.offset <= stored.request_offset:
+            return _replayed(stored.state, request, user_key, source)
+        state = (
+            stored.state
+            if stored is not None
+            else UserState(
+                page_id=request.page_id, user_id=request.user_id, platform=request.platform
+            )
+        )
+        page = tables.get_page(event_key(request.page_id, "").encode())
+        decision = decide(state, request, now, rules, page)
+        outputs = _decision_outputs(user_key, decision, request, state.platform)
+        if decision.duplicate:
+            return Result("duplicate", outputs)
+        folded = fold(state, decided_event(decision, state.platform))
+        tables.put_user(user_key, StoredUser(folded, source.offset))
+        return Result("decided", outputs, changed=folded)
+
+    return _guarded(step, key, value, source, now)
+
+
+def _replayed(state: UserState, request: SendRequest, key: bytes, source: Source) -> Result:
+    """A redelivered record: its decision is in the state; send it out again as first decided."""
+    for past in state.decisions:
+        if past.request_id == request.request_id:
+            return Result("replayed", _decision_outputs(key, past, request, state.platform))
+    raise BadRecord(
+        f"redelivered request {request.request_id!r} (offset {source.offset}) was applied "
+        "before, but its decision is no longer remembered; not decided again"
+    )
