@@ -586,3 +586,12 @@ def test_python_dash_m_windowgate_decides(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.strip() == f"windowgate: {broken} line 2: page_id: is required"
+
+
+def test_replay_is_forwarded_to_the_window_service(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["replay", "--help"])
+    except SystemExit as exc:  # argparse's --help inside the replay command
+        code = int(exc.code or 0)
+    assert code == 0
+    assert "Rebuild every user's state from the events topic" in capsys.readouterr().out
