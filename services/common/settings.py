@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,29 +12,45 @@ class SettingsError(ValueError):
     """A variable is set to something unusable; the message names it."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int = 1, high: int = 65535) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def env_whole(
+    env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
+    """A whole-number variable, or `default` when unset; the error names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
         return default
     try:
         value = int(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
-    if not low <= value <= high:
+    if high is not None and not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    if value < low:
+        raise SettingsError(f"{name} must be at least {low}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
+def env_number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    positive: bool = False,
+) -> float:
+    """A numeric variable, or `default` when unset; the error names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
         return default
     try:
         value = float(raw)
     except ValueError as exc:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+    if positive and not value > 0:
+        raise SettingsError(f"{name} must be positive, got {value:g}")
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value
 
 
@@ -70,7 +87,7 @@ class Settings:
         return cls(
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or cls.kafka_bootstrap,
             topic_prefix=env.get("WINDOWGATE_TOPIC_PREFIX", cls.topic_prefix),
-            partitions=_int(env, "WINDOWGATE_PARTITIONS", cls.partitions, 1, 10_000),
+            partitions=env_whole(env, "WINDOWGATE_PARTITIONS", cls.partitions, 1, 10_000),
             app_secret=env.get("META_APP_SECRET") or None,
             verify_token=env.get("META_VERIFY_TOKEN") or None,
             graph_api_url=(env.get("GRAPH_API_URL") or cls.graph_api_url).rstrip("/"),
@@ -78,11 +95,15 @@ class Settings:
             pages_path=env.get("WINDOWGATE_PAGES") or None,
             rules_path=env.get("WINDOWGATE_RULES") or None,
             api_tokens=tokens,
-            ingest_port=_int(env, "INGEST_PORT", cls.ingest_port, 0),
-            window_port=_int(env, "WINDOW_PORT", cls.window_port, 0),
-            dispatcher_port=_int(env, "DISPATCHER_PORT", cls.dispatcher_port, 0),
+            ingest_port=env_whole(env, "INGEST_PORT", cls.ingest_port, 0, 65535),
+            window_port=env_whole(env, "WINDOW_PORT", cls.window_port, 0, 65535),
+            dispatcher_port=env_whole(env, "DISPATCHER_PORT", cls.dispatcher_port, 0, 65535),
             demo=_flag(env, "WINDOWGATE_DEMO"),
-            max_body_bytes=_int(env, "INGEST_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 2**31 - 1),
-            publish_timeout_s=_float(env, "INGEST_PUBLISH_TIMEOUT_S", cls.publish_timeout_s),
+            max_body_bytes=env_whole(
+                env, "INGEST_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 2**31 - 1
+            ),
+            publish_timeout_s=env_number(
+                env, "INGEST_PUBLISH_TIMEOUT_S", cls.publish_timeout_s, positive=True
+            ),
             extra=dict(env),
         )

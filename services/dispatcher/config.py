@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, cast
 
-from services.common.settings import Settings, SettingsError
+from services.common.settings import Settings, SettingsError, env_number, env_whole
 
 CrashPoint = Literal["after_attempt", "after_call"]
 Role = Literal["all", "worker", "api"]
@@ -39,26 +39,6 @@ ENV: Final[dict[str, str]] = {
     "DISPATCHER_CRASH_AT": "test hook: SIGKILL self at after_attempt | after_call",
     "DISPATCHER_CRASH_REQUEST": "test hook: only for this request_id",
 }
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
-    return value
-
-
-def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    value = _number(env, name, default, low, high)
-    if value != int(value):
-        raise SettingsError(f"{name} must be a whole number, got {value:g}")
-    return int(value)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -128,23 +108,23 @@ class DispatcherConfig:
             port=settings.dispatcher_port,
             group=env.get("DISPATCHER_GROUP", "").strip() or f"{settings.topic_prefix}dispatcher",
             instance_id=env.get("DISPATCHER_INSTANCE_ID", "").strip() or None,
-            session_timeout_ms=_whole(
+            session_timeout_ms=env_whole(
                 env, "DISPATCHER_SESSION_TIMEOUT_MS", 10_000, 1000, 3_600_000
             ),
-            rate_text=_number(env, "DISPATCHER_RATE_TEXT", 300.0, 0.01, 1e6),
-            rate_media=_number(env, "DISPATCHER_RATE_MEDIA", 10.0, 0.01, 1e6),
-            graph_timeout_s=_number(env, "DISPATCHER_GRAPH_TIMEOUT_S", 10.0, 0.05, 600),
-            graph_connections=_whole(env, "DISPATCHER_GRAPH_CONNECTIONS", 100, 1, 100_000),
-            max_retries=_whole(env, "DISPATCHER_MAX_RETRIES", 5, 0, 100),
-            backoff_s=_number(env, "DISPATCHER_BACKOFF_S", 0.5, 0.001, 600),
-            backoff_cap_s=_number(env, "DISPATCHER_BACKOFF_CAP_S", 30.0, 0.001, 3600),
-            cooldown_retry_s=_number(env, "DISPATCHER_COOLDOWN_RETRY_S", 0.0, 0, 3600),
-            in_flight=_whole(env, "DISPATCHER_IN_FLIGHT", 256, 1, 100_000),
-            batch=_whole(env, "DISPATCHER_BATCH", 1000, 1, 100_000),
-            log_retention_h=_whole(env, "DISPATCHER_LOG_RETENTION_H", 168, 1, 24 * 3650),
-            wait_s=_number(env, "DISPATCHER_WAIT_S", 5.0, 0.01, 600),
-            outcome_wait_s=_number(env, "DISPATCHER_OUTCOME_WAIT_S", 2.0, 0, 600),
-            recent=_whole(env, "DISPATCHER_RECENT", 100_000, 1, 100_000_000),
+            rate_text=env_number(env, "DISPATCHER_RATE_TEXT", 300.0, 0.01, 1e6),
+            rate_media=env_number(env, "DISPATCHER_RATE_MEDIA", 10.0, 0.01, 1e6),
+            graph_timeout_s=env_number(env, "DISPATCHER_GRAPH_TIMEOUT_S", 10.0, 0.05, 600),
+            graph_connections=env_whole(env, "DISPATCHER_GRAPH_CONNECTIONS", 100, 1, 100_000),
+            max_retries=env_whole(env, "DISPATCHER_MAX_RETRIES", 5, 0, 100),
+            backoff_s=env_number(env, "DISPATCHER_BACKOFF_S", 0.5, 0.001, 600),
+            backoff_cap_s=env_number(env, "DISPATCHER_BACKOFF_CAP_S", 30.0, 0.001, 3600),
+            cooldown_retry_s=env_number(env, "DISPATCHER_COOLDOWN_RETRY_S", 0.0, 0, 3600),
+            in_flight=env_whole(env, "DISPATCHER_IN_FLIGHT", 256, 1, 100_000),
+            batch=env_whole(env, "DISPATCHER_BATCH", 1000, 1, 100_000),
+            log_retention_h=env_whole(env, "DISPATCHER_LOG_RETENTION_H", 168, 1, 24 * 3650),
+            wait_s=env_number(env, "DISPATCHER_WAIT_S", 5.0, 0.01, 600),
+            outcome_wait_s=env_number(env, "DISPATCHER_OUTCOME_WAIT_S", 2.0, 0, 600),
+            recent=env_whole(env, "DISPATCHER_RECENT", 100_000, 1, 100_000_000),
             token_index=_flag(env, "DISPATCHER_TOKEN_INDEX", True),
             role=cast(Role, role),
             crash_at=crash,

@@ -19,11 +19,10 @@ The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelo
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.settings import Settings, SettingsError
+from services.common.settings import Settings, SettingsError, env_number, env_whole
 
 STORES = ("rocksdb://", "memory://")
 USERS_TABLE = "users"
@@ -60,10 +59,14 @@ class WindowConfig:
             app_id=env.get("WINDOW_APP_ID") or f"{settings.topic_prefix}window",
             host=env.get("WINDOW_HOST") or cls.host,
             advertised_url=advertised.rstrip("/"),
-            standby_replicas=_count(env, "WINDOW_STANDBY_REPLICAS", cls.standby_replicas, 0),
-            replication_factor=_count(env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1),
-            reach_flush_s=_seconds(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s),
-            session_timeout_s=_seconds(env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s),
+            standby_replicas=env_whole(env, "WINDOW_STANDBY_REPLICAS", cls.standby_replicas, 0),
+            replication_factor=env_whole(
+                env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1
+            ),
+            reach_flush_s=env_number(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s, positive=True),
+            session_timeout_s=env_number(
+                env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s, positive=True
+            ),
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
         )
 
@@ -79,29 +82,3 @@ class WindowConfig:
 def changelog_topic(app_id: str, table: str) -> str:
     """faust's name for a table's changelog topic."""
     return f"{app_id}-{table}-changelog"
-
-
-def _count(env: Mapping[str, str], name: str, default: int, low: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
-    if value < low:
-        raise SettingsError(f"{name} must be at least {low}, got {value}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from exc
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
-    return value
