@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -415,28 +415,7 @@ def test_assess_reports_every_mechanism() -> None:
     assert ("MARKETING", False) in by_mechanism
 
 
-ALL_REFUSALS: set[RefusedReason] = {
-    "window_closed",
-    "human_agent_window_closed",
-    "human_author_missing",
-    "human_agent_not_permitted",
-    "tag_retired",
-    "no_token_for_topic",
-    "token_expired",
-    "token_spent",
-    "opted_out",
-    "cooldown",
-    "mechanism_ended",
-    "platform_unsupported",
-    "region_excluded",
-    "user_unavailable",
-    "page_restricted",
-    "thread_owned_by_other_app",
-    "deadline_passed",
-    "invalid_request",
-    "mechanism_disabled",
-    "page_not_configured",
-}
+ALL_REFUSALS: frozenset[str] = frozenset(get_args(RefusedReason))  # every code, from schemas
 
 
 def test_every_refusal_reason_has_a_test_above() -> None:
