@@ -53,7 +53,7 @@ run: install
 
 ## Offline: fold Meta's fixture webhooks and print decisions at chosen instants (no services).
 demo: install
-	$(PY) -m windowgate.demo
+	$(PY) -m windowgate.demo --no-broker
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,10 +1,8 @@
-"""`make run` for now: the pure core on Meta's webhook fixtures, with a short summary table.
+"""`make demo`: the pure core on Meta's webhook fixtures, with a short summary table.
 
-The services (ingest, window, dispatcher), the Graph API stand-in and the traffic simulator do not
-exist yet; they arrive with the ingest/window/dispatcher work and will replace this. Until then the
-demo starts the local Kafka broker the services will use (if none answers), replays every webhook
-fixture through the same fold the window service will run, and decides a handful of requests at
-chosen instants, as the dispatcher will.
+Offline and instant: replays every webhook fixture through the fold the window worker runs and
+decides a handful of requests at chosen instants, as the worker does. `make run` runs the real
+services (python -m services.local_run). Without --no-broker it also starts the dev broker.
 
     python -m windowgate.demo [--no-broker] [--broker-timeout SECONDS]
 """
@@ -255,10 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _say("windowgate demo")
     _say(
-        "The services (ingest, window, dispatcher), the Graph API stand-in and the traffic "
-        "simulator arrive\nwith the ingest/window/dispatcher work. Until then this runs their "
-        "shared core offline: Meta's\nwebhook fixtures are folded into per-user state and "
-        "requests are decided against it.\n"
+        "This runs the services' shared core offline: Meta's webhook fixtures are folded into\n"
+        "per-user state and requests are decided against it (make run runs the services).\n"
     )
     if not args.no_broker:
         _say(f"Broker: {ensure_broker(args.broker_timeout)}\n")
