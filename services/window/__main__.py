@@ -3,18 +3,18 @@
     python -m services.window worker          # env: see services.window.config and README
     python -m services.window replay --help   # the same as `windowgate replay`
 
-The worker creates missing topics (each keyed topic with WINDOWGATE_PARTITIONS partitions, and
-refuses to start if one exists with another count), then runs until SIGTERM / SIGINT.
+The worker creates missing topics up front (each keyed topic and both changelogs with
+WINDOWGATE_PARTITIONS partitions; it refuses to start if one exists with another count), then runs
+until SIGTERM / SIGINT, when it finishes its batches in progress and leaves the group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
-
-from faust.worker import Worker
 
 from schemas.codec import SchemaError
 from services.common.logs import configure_logging
@@ -22,6 +22,8 @@ from services.common.runtime import load_rulebook
 from services.common.settings import Settings, SettingsError
 from services.common.topics import TopicLayoutError, Topics, ensure_topics
 from services.window.config import WindowConfig
+from services.window.worker import WindowWorker, ensure_changelogs
+from windowgate.rulebook import RuleBook
 
 USAGE = "usage: python -m services.window {worker | replay [options]}"
 log = logging.getLogger("services.window")
@@ -36,18 +38,25 @@ def run_worker() -> int:
     except (SettingsError, SchemaError) as exc:
         print(f"window: configuration error: {exc}", file=sys.stderr)
         return 2
-    from services.window.app import WindowWorker  # faust import side effects only for the worker
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(
-            ensure_topics(
-                settings.kafka_bootstrap,
-                Topics(settings.topic_prefix),
-                settings.partitions,
-                config.replication_factor,
-            )
+        return asyncio.run(_serve(settings, config, rules))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(settings: Settings, config: WindowConfig, rules: RuleBook) -> int:
+    try:
+        await ensure_topics(
+            settings.kafka_bootstrap,
+            Topics(settings.topic_prefix),
+            settings.partitions,
+            config.replication_factor,
+        )
+        await ensure_changelogs(
+            settings.kafka_bootstrap,
+            [config.users_changelog, config.pages_changelog],
+            settings.partitions,
+            config.replication_factor,
         )
     except (TimeoutError, TopicLayoutError, OSError) as exc:
         log.error("cannot prepare the topics: %s", exc)
@@ -55,23 +64,18 @@ def run_worker() -> int:
     except Exception as exc:  # aiokafka's connection errors share no base class worth naming
         log.error("cannot reach Kafka at %s: %r", settings.kafka_bootstrap, exc)
         return 1
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     worker = WindowWorker(config, rules)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
     log.info(
-        "window worker %s starting: app %s, store %s, data %s, %d partitions",
+        "window worker %s starting: group %s, %d partitions",
         config.advertised_url,
         config.app_id,
-        config.store,
-        config.data_dir,
         settings.partitions,
     )
-    Worker(
-        worker.app,
-        loop=loop,
-        loglevel=config.log_level,
-        override_logging=False,
-        quiet=True,
-    ).execute_from_commandline()
+    await worker.run()
+    log.info("window worker stopped")
     return 0
 
 

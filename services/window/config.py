@@ -2,13 +2,11 @@
 
 | variable | default | meaning |
 |---|---|---|
-| WINDOW_STORE | rocksdb:// | table store: `rocksdb://` (local RocksDB + changelog) or `memory://` |
-| WINDOW_DATA_DIR | .windowgate/window | faust data dir (RocksDB files): one per worker per host |
-| WINDOW_APP_ID | `<prefix>window` | faust app id: consumer group and changelog topic names |
+| WINDOW_APP_ID | `<prefix>window` | group, transactional id prefix, changelog names |
 | WINDOW_HOST | 0.0.0.0 | address the HTTP server binds |
 | WINDOW_ADVERTISED_URL | http://<hostname>:<WINDOW_PORT> | how other workers reach this one |
-| WINDOW_STANDBY_REPLICAS | 1 | warm copies of other workers' partitions (fast take-over) |
 | WINDOW_REPLICATION_FACTOR | 1 | replication of the changelog topics (1: single-node broker) |
+| WINDOW_BATCH | 1000 | input records per partition per transaction (at most) |
 | WINDOW_REACH_FLUSH_S | 0.5 | how often reach aggregates absorb state changes |
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
@@ -20,11 +18,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
-from services.common.settings import Settings, SettingsError, env_number, env_whole
+from services.common.settings import Settings, env_number, env_whole
 
-STORES = ("rocksdb://", "memory://")
 USERS_TABLE = "users"
 PAGES_TABLE = "pages"
 
@@ -32,13 +28,11 @@ PAGES_TABLE = "pages"
 @dataclass(frozen=True)
 class WindowConfig:
     settings: Settings
-    store: str = "rocksdb://"
-    data_dir: Path = Path(".windowgate/window")
     app_id: str = "windowgate.window"
     host: str = "0.0.0.0"
     advertised_url: str = ""
-    standby_replicas: int = 1
     replication_factor: int = 1
+    batch: int = 1000
     reach_flush_s: float = 0.5
     session_timeout_s: float = 10.0
     log_level: str = "INFO"
@@ -46,23 +40,18 @@ class WindowConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> WindowConfig:
         env = settings.extra
-        store = env.get("WINDOW_STORE") or cls.store
-        if store not in STORES:
-            raise SettingsError(f"WINDOW_STORE must be one of {', '.join(STORES)}, got {store!r}")
         advertised = env.get("WINDOW_ADVERTISED_URL") or (
             f"http://{socket.gethostname()}:{settings.window_port}"
         )
         return cls(
             settings=settings,
-            store=store,
-            data_dir=Path(env.get("WINDOW_DATA_DIR") or cls.data_dir).expanduser(),
             app_id=env.get("WINDOW_APP_ID") or f"{settings.topic_prefix}window",
             host=env.get("WINDOW_HOST") or cls.host,
             advertised_url=advertised.rstrip("/"),
-            standby_replicas=env_whole(env, "WINDOW_STANDBY_REPLICAS", cls.standby_replicas, 0),
             replication_factor=env_whole(
                 env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1
             ),
+            batch=env_whole(env, "WINDOW_BATCH", cls.batch, 1),
             reach_flush_s=env_number(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s, positive=True),
             session_timeout_s=env_number(
                 env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s, positive=True
@@ -80,5 +69,5 @@ class WindowConfig:
 
 
 def changelog_topic(app_id: str, table: str) -> str:
-    """faust's name for a table's changelog topic."""
+    """The changelog topic of a table (the names faust used, so existing deployments keep them)."""
     return f"{app_id}-{table}-changelog"

@@ -1,10 +1,10 @@
 """Every step of the window worker as a plain function: decode → pure core → encode.
 
-The faust agents only loop over these (see `app`), the replay calls `apply_event` (so a rebuilt
-table is folded by the very code that folded the live one) and the unit tests drive them with
-dict-backed tables. Nothing here awaits: a step reads a user's state, computes and writes it back
-in one go, which the event loop makes atomic within the process; partition ownership makes the
-process the only writer of that user (I1).
+The worker applies these to each batch (see `partition`), the replay calls `apply_event` (so a
+rebuilt table is folded by the very code that folded the live one) and the unit tests drive them
+with dict-backed tables. Nothing here awaits: a step reads a user's state, computes and writes it
+back in one go; partition ownership, fenced by Kafka, makes the process the only writer of that
+user (I1).
 
 Outputs are returned, not produced: the caller hands them to its producer.
 
@@ -16,10 +16,10 @@ Request steps (the single writer also decides):
   dispatcher and the `RequestDecided` event, so that the events topic alone rebuilds the table
   (I8);
 - a repeated request_id (a new record) gets its remembered decision back marked `duplicate`;
-- a redelivered record (offset `<=` the user's `request_offset`: faust is at-least-once and a
-  crash can lose the outputs of a record whose state change survived) re-emits the remembered
-  decision *as first decided*, not as a duplicate, so the dispatcher sees it at least once. The
-  dispatcher deduplicates by request_id anyway (I5), which makes the re-emission harmless.
+- a redelivered record (offset `<=` the user's `request_offset`) re-emits the remembered
+  decision *as first decided*, not as a duplicate. With transactions the state and the input
+  offsets commit together, so this only matters if they ever part (a second line of defence);
+  the dispatcher deduplicates by request_id anyway (I5), which makes the re-emission harmless.
 """
 
 from __future__ import annotations

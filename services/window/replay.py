@@ -8,6 +8,7 @@
    worker's agent calls, so a divergence between the two is a real one, not two implementations
    disagreeing. Records the worker would dead-letter are counted, not folded, here too.
 2. With `--compare` (the default), reads the live table, i.e. the worker's changelog topics
+   (read_committed, like everything the worker writes)
    `<app id>-users-changelog` and `<app id>-pages-changelog`, to their end (last value per key),
    and prints every difference: users or pages only on one side, and for the others each field that
    differs. None are expected when the gateway is quiet; while it runs, a user changed after the
@@ -29,11 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import SchemaError, to_wire
 from schemas.state import PageState, decode_page_state
+from services.common.logread import read_to_end as read_logs
+from services.common.logread import reader
 from services.common.settings import Settings, SettingsError
 from services.common.topics import Topics
 from services.window.config import PAGES_TABLE, USERS_TABLE, changelog_topic
@@ -122,44 +125,25 @@ async def read_to_end(
     label: str,
     quiet: bool = False,
 ) -> int:
-    """Feed every record of `topic`, up to the end offsets found at start, to `on_batch` (in
-    partition order within a partition). Returns how many records were read."""
+    """Feed every committed record of `topic`, up to the end offsets found at start, to
+    `on_batch` (in partition order within a partition). Returns how many records were read."""
     partitions = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
+    consumer = reader(bootstrap)
     await consumer.start()
     try:
         consumer.assign(partitions)
         first = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        wanted = {tp: ends[tp] for tp in partitions if ends[tp] > first[tp]}
-        progress = Progress(progress_out, label, sum(ends[tp] - first[tp] for tp in wanted), quiet)
-        await consumer.seek_to_beginning(*partitions)
-        for tp in partitions:
-            if tp not in wanted:
-                consumer.pause(tp)
-        while wanted:
-            batches = await consumer.getmany(*wanted, timeout_ms=1_000, max_records=BATCH)
-            for tp, messages in batches.items():
-                end = wanted.get(tp)
-                if end is not None:
-                    records = [
-                        (m.partition, m.offset, m.key, m.value) for m in messages if m.offset < end
-                    ]
-                    on_batch(records)
-                    progress.advance(len(records))
-            for tp, end in list(wanted.items()):
-                # The position, not the last record: compaction and transaction markers leave
-                # offsets that carry no record.
-                if await consumer.position(tp) >= end:
-                    del wanted[tp]
-                    consumer.pause(tp)
+        progress = Progress(
+            progress_out, label, sum(ends[tp] - first[tp] for tp in partitions), quiet
+        )
+
+        def feed(records: Sequence[ConsumerRecord]) -> None:
+            batch = [(m.partition, m.offset, m.key, m.value) for m in records]
+            on_batch(batch)
+            progress.advance(len(batch))
+
+        await read_logs(consumer, dict.fromkeys(partitions), feed, timeout_s=3600, batch=BATCH)
         progress.finish()
         return progress.done
     finally:
@@ -331,7 +315,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--app-id",
         default=None,
-        help="the window worker's faust app id (default: WINDOW_APP_ID or <prefix>window)",
+        help="the window worker's app id (default: WINDOW_APP_ID or <prefix>window)",
     )
     parser.add_argument(
         "--partitions",

@@ -3,12 +3,12 @@
 The table value is the compact `UserState` JSON (readable by `decode_user_state`, which ignores
 unknown keys) with one extra key, `ro`: the offset of the last `send-requests` record applied to
 this user. Records of one user are applied in partition order, so a record at an offset `<= ro` is
-one this user's state has already absorbed: a redelivery after a crash or a rebalance (faust is
-at-least-once), not a new request. The request agent uses that to re-emit the remembered decision
+one this user's state has already absorbed: a redelivery, not a new request (with transactions a
+committed state and its input offsets move together, so this is a second line of defence). The request agent uses that to re-emit the remembered decision
 instead of answering "duplicate" to its own replay (see `processing`).
 
-`Tables` is the storage the shared fold step needs; the worker binds it to faust tables, the
-replay and the unit tests to plain dicts.
+`Tables` is the storage the shared fold step needs; the worker binds it to a partition's state and
+its batch (`partition`), the replay and the unit tests to plain dicts.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class DecodeCache:
 
 
 class BytesTables:
-    """`Tables` over two byte mappings (a faust table, or a dict).
+    """`Tables` over two byte mappings.
 
     The values are the exact bytes the worker stores, so the replay, the unit tests and the worker
     exercise the same encoding.
@@ -125,37 +125,6 @@ class BytesTables:
 
     def put_page(self, key: bytes, state: PageState) -> None:
         self.pages[key] = encode_page_state(state)
-
-
-class ReplicatedPageTables(BytesTables):
-    """`BytesTables` whose page table is a replica on every worker (a faust GlobalTable).
-
-    The owner of a page key's partition is its only writer, but the replica can briefly show an
-    older value: faust applies the changelog of the worker's own partitions back to its copy, a
-    few milliseconds behind the writes. Folding a page event over such a value would lose the
-    write in between, so the writer reads its own writes first. `forget_written_pages` runs at
-    every partition assignment: a new owner starts from the recovered replica.
-    """
-
-    def __init__(
-        self,
-        users: MutableMapping[bytes, bytes],
-        pages: MutableMapping[bytes, bytes],
-        cache: DecodeCache | None = None,
-    ) -> None:
-        super().__init__(users, pages, cache)
-        self._written_pages: dict[bytes, PageState] = {}
-
-    def get_page(self, key: bytes) -> PageState | None:
-        written = self._written_pages.get(key)
-        return written if written is not None else super().get_page(key)
-
-    def put_page(self, key: bytes, state: PageState) -> None:
-        super().put_page(key, state)
-        self._written_pages[key] = state
-
-    def forget_written_pages(self) -> None:
-        self._written_pages.clear()
 
 
 class MemoryTables:

@@ -3,9 +3,8 @@
 A user's state lives only in the worker that owns its partition (I1: no second copy), so a
 worker asked about a user it does not own forwards the request to the owner and relays the
 answer (one hop: a forwarded request is answered or refused with 503, never forwarded again).
-faust's `table_route` does this for a key taken from one URL segment; our key is composite
-(`"<page_id>:<user_id>"` from two), so the owner is looked up the same way faust does, from the
-partition assignment the router shares between workers (`Backend.owner_of`).
+The owner is looked up in the partition assignment the group's leader shares with every worker
+(`services.common.partitioned.CopartitionedAssignor`, `Backend.owner_of`).
 
 `GET /v1/pages/{page_id}/reach` asks every worker for the per-partition counts of the partitions
 it owns (`/v1/internal/...`) and sums them; partitions nobody could answer for are listed and the
@@ -26,7 +25,6 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from mode import Service
 
 from schemas.events import event_key
 from schemas.state import PageState
@@ -205,23 +203,22 @@ class QueryApi:
             return {}, f"{type(exc).__name__}: {exc}"
 
 
-class WebServer(Service):
-    """The query server as a mode service, started by faust once the tables are recovered."""
+class WebServer:
+    """The query server: started before the worker joins its group (answering 503 until ready)."""
 
-    def __init__(self, api: QueryApi, host: str, port: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, api: QueryApi, host: str, port: int) -> None:
         self.api = api
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
 
-    async def on_start(self) -> None:
+    async def start(self) -> None:
         self._runner = web.AppRunner(self.api.application(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         log.info("window queries listening on %s:%d", self.host, self.port)
 
-    async def on_stop(self) -> None:
+    async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

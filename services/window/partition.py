@@ -1,0 +1,222 @@
+"""One partition of the window worker: its users' state, and each batch as one transaction.
+
+`WindowPartition` is the window's `PartitionLogic` (see `services.common.partitioned`). It holds
+the committed state of its partition's users (the stored-user bytes, exactly as they are in the
+changelog) and the pages whose key falls in this partition. A batch is applied through the same
+`processing` steps the replay uses, to a working copy; its outputs are the decisions, the
+`RequestDecided` events and dead letters, plus one changelog record per user (and page) the batch
+changed. Only when the transaction carrying all of them has committed does the working copy
+become the state (and the reach index hear of it).
+
+The state is a cache of the changelog: `restore` reads the changelog partition to its end
+(read_committed). A partition that was let go cleanly (every batch committed) keeps its state and
+catches up from where it stopped; any other (fenced, failed, cancelled) is emptied and read whole.
+Nothing is kept on local disk, so no local file can be stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import TopicPartition
+
+from schemas.state import PageState, UserState, decode_page_state, encode_page_state
+from services.common.logread import AheadOfLog, Record, read_to_end, reader
+from services.common.partitioned import Outgoing
+from services.window.processing import (
+    Output,
+    Result,
+    Source,
+    process_event_record,
+    process_request_record,
+)
+from services.window.store import DecodeCache, StoredUser, encode_stored_user
+from windowgate.rulebook import RuleBook
+
+
+@dataclass
+class WindowShared:
+    """What every partition of one worker shares: configuration and the worker-wide views."""
+
+    bootstrap: str
+    partitions: int
+    events_topic: str
+    requests_topic: str
+    decisions_topic: str
+    dead_letter_topic: str
+    users_changelog: str
+    pages_changelog: str
+    rules: RuleBook
+    clock: Callable[[], int]
+    page_lookup: Callable[[bytes], PageState | None]
+    """The page state as this worker knows it: its own committed writes, else the replica."""
+    on_committed: Callable[
+        [int, list[Result], dict[bytes, UserState], dict[bytes, PageState]], None
+    ]
+    """Told after each committed batch: partition, step results, changed users and pages."""
+    restore_timeout_s: float = 300.0
+
+
+@dataclass
+class _Batch:
+    users: dict[bytes, StoredUser] = field(default_factory=dict)
+    pages: dict[bytes, PageState] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    encoded: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class _BatchTables:
+    """`processing.Tables` over the committed state plus the batch's working copy."""
+
+    def __init__(self, partition: WindowPartition, batch: _Batch) -> None:
+        self.partition = partition
+        self.batch = batch
+
+    def get_user(self, key: bytes) -> StoredUser | None:
+        working = self.batch.users.get(key)
+        return working if working is not None else self.partition.get_user(key)
+
+    def put_user(self, key: bytes, stored: StoredUser) -> None:
+        self.batch.users[key] = stored
+
+    def get_page(self, key: bytes) -> PageState | None:
+        working = self.batch.pages.get(key)
+        if working is not None:
+            return working
+        mine = self.partition.pages.get(key)
+        return mine if mine is not None else self.partition.shared.page_lookup(key)
+
+    def put_page(self, key: bytes, state: PageState) -> None:
+        self.batch.pages[key] = state
+
+
+class WindowPartition:
+    def __init__(self, number: int, shared: WindowShared) -> None:
+        self.number = number
+        self.shared = shared
+        self.users: dict[bytes, bytes] = {}
+        self.pages: dict[bytes, PageState] = {}
+        self.cache = DecodeCache(20_000)
+        self.positions: dict[TopicPartition, int] = {}
+        self.keep = False
+        self.restored_records = 0
+        self.restore_s = 0.0
+        self._batch: _Batch | None = None
+        self._topics = {
+            "events": shared.events_topic,
+            "decisions": shared.decisions_topic,
+            "dead_letter": shared.dead_letter_topic,
+        }
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def get_user(self, key: bytes) -> StoredUser | None:
+        raw = self.users.get(key)
+        return None if raw is None else self.cache.decode(key, raw)
+
+    # ---- PartitionLogic -------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        started = time.monotonic()
+        shared = self.shared
+        tps = [
+            TopicPartition(shared.users_changelog, self.number),
+            TopicPartition(shared.pages_changelog, self.number),
+        ]
+        if not self.keep:
+            self._forget()
+        self.keep = False
+        self.restored_records = 0
+        consumer = reader(shared.bootstrap)
+        await consumer.start()
+        try:
+            try:
+                self.positions = await read_to_end(
+                    consumer,
+                    {tp: self.positions.get(tp) for tp in tps},
+                    self._apply_changelog,
+                    shared.restore_timeout_s,
+                )
+            except AheadOfLog:  # not the log this state came from: read it whole
+                self._forget()
+                self.positions = await read_to_end(
+                    consumer, dict.fromkeys(tps), self._apply_changelog, shared.restore_timeout_s
+                )
+        finally:
+            await consumer.stop()
+        self.restore_s = time.monotonic() - started
+
+    def _forget(self) -> None:
+        self.users = {}
+        self.pages = {}
+        self.cache.clear()
+        self.positions = {}
+
+    def _apply_changelog(self, records: Sequence[Record]) -> None:
+        users_topic = self.shared.users_changelog
+        for record in records:
+            key = record.key
+            if key is None:
+                continue
+            if record.topic == users_topic:
+                if record.value is None:
+                    self.users.pop(key, None)
+                else:
+                    self.users[key] = record.value
+            elif record.value is None:
+                self.pages.pop(key, None)
+            else:
+                self.pages[key] = decode_page_state(record.value)
+        self.restored_records += len(records)
+
+    def process(self, records: Sequence[Record]) -> list[Outgoing]:
+        shared = self.shared
+        batch = self._batch = _Batch()
+        tables = _BatchTables(self, batch)
+        now = shared.clock()
+        outputs: list[Outgoing] = []
+        for record in records:
+            source = Source(record.topic, record.partition, record.offset)
+            if record.topic == shared.requests_topic:
+                result = process_request_record(
+                    tables, record.key, record.value, source, now, shared.rules, shared.partitions
+                )
+            else:
+                result = process_event_record(
+                    tables, record.key, record.value, source, now, shared.partitions
+                )
+            batch.results.append(result)
+            outputs.extend(self._outgoing(o) for o in result.outputs)
+        for key, stored in batch.users.items():
+            raw = batch.encoded[key] = encode_stored_user(stored)
+            outputs.append(Outgoing(shared.users_changelog, key, raw, self.number))
+        for key, page in batch.pages.items():
+            outputs.append(
+                Outgoing(shared.pages_changelog, key, encode_page_state(page), self.number)
+            )
+        return outputs
+
+    def _outgoing(self, output: Output) -> Outgoing:
+        return Outgoing(self._topics[output.topic], output.key, output.value)
+
+    def committed(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        for key, raw in batch.encoded.items():
+            self.users[key] = raw
+            self.cache.remember(key, raw, batch.users[key])
+        self.pages.update(batch.pages)
+        changed = {key: stored.state for key, stored in batch.users.items()}
+        self.shared.on_committed(self.number, batch.results, changed, batch.pages)
+
+    def rolled_back(self) -> None:
+        self._batch = None
+
+    def released(self, clean: bool) -> None:
+        self._batch = None
+        self.keep = clean
+        if not clean:
+            self._forget()
