@@ -312,20 +312,30 @@ class PartitionTask:
         outputs: list[Outgoing],
         offsets: dict[TopicPartition, int],
     ) -> None:
-        async with producer.transaction():
-            sends = [
-                await producer.send(o.topic, o.value, key=o.key, partition=o.partition)
-                for o in outputs
-            ]
-            await producer.send_offsets_to_transaction(offsets, self.runner.group)
-            if sends:
-                await asyncio.gather(*sends)
+        sends: list[asyncio.Future[object]] = []
+        try:
+            async with producer.transaction():
+                for o in outputs:
+                    sends.append(
+                        await producer.send(o.topic, o.value, key=o.key, partition=o.partition)
+                    )
+                await producer.send_offsets_to_transaction(offsets, self.runner.group)
+                if sends:
+                    await asyncio.gather(*sends)
+        finally:
+            for sent in sends:  # a failed transaction fails them all: one error is enough
+                sent.add_done_callback(_retrieve)
 
     async def _close_producer(self) -> None:
         producer, self.producer = self.producer, None
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 10)
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # ---- the consumer and its partitions -------------------------------------------------------------

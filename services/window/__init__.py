@@ -2,7 +2,8 @@
 
 A fenced transactional processor (`worker`, on `services.common.partitioned`) that applies plain
 functions (`processing`) to each partition (`partition`): `<prefix>events` records are folded into
-the users' state (and page-wide ones into the pages' state); `<prefix>send-requests` records are decided against that state, the decision is
+the users' state (and page-wide ones into the pages' state); `<prefix>send-requests` records are
+decided against that state, the decision is
 folded back (reserving its token) and published to `<prefix>decisions`, and recorded as a
 `RequestDecided` event in `<prefix>events`, so that the events topic alone rebuilds the table
 (`replay`, I8). Both keyed topics and the changelogs are co-partitioned, and each partition's

@@ -10,6 +10,7 @@
 | WINDOW_REACH_FLUSH_S | 0.5 | how often reach aggregates absorb state changes |
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
+| WINDOW_FREEZE_AT_REQUEST | unset | test hook: SIGSTOP itself mid-batch after deciding it |
 
 The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`.
 """
@@ -36,6 +37,7 @@ class WindowConfig:
     reach_flush_s: float = 0.5
     session_timeout_s: float = 10.0
     log_level: str = "INFO"
+    freeze_at_request: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WindowConfig:
@@ -57,6 +59,7 @@ class WindowConfig:
                 env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s, positive=True
             ),
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
+            freeze_at_request=env.get("WINDOW_FREEZE_AT_REQUEST") or None,
         )
 
     @property

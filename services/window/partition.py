@@ -16,6 +16,9 @@ Nothing is kept on local disk, so no local file can be stale.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,8 @@ from services.window.processing import (
 )
 from services.window.store import DecodeCache, StoredUser, encode_stored_user
 from windowgate.rulebook import RuleBook
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class WindowShared:
     ]
     """Told after each committed batch: partition, step results, changed users and pages."""
     restore_timeout_s: float = 300.0
+    freeze_at_request: str | None = None
+    """Test hook (WINDOW_FREEZE_AT_REQUEST): SIGSTOP this process once a batch has decided this
+    request, before its transaction, as a GC pause or a frozen VM would stop it."""
 
 
 @dataclass
@@ -90,6 +98,15 @@ class _BatchTables:
 
     def put_page(self, key: bytes, state: PageState) -> None:
         self.batch.pages[key] = state
+
+
+def freeze_if_asked(request_id: str, result: Result) -> None:
+    """The WINDOW_FREEZE_AT_REQUEST test hook: stop here, mid-batch, until SIGCONT."""
+    for output in result.outputs:
+        if output.topic == "decisions" and request_id.encode() in output.value:
+            log.warning("WINDOW_FREEZE_AT_REQUEST=%s: SIGSTOP before the commit", request_id)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
 
 
 class WindowPartition:
@@ -189,6 +206,8 @@ class WindowPartition:
                 )
             batch.results.append(result)
             outputs.extend(self._outgoing(o) for o in result.outputs)
+            if shared.freeze_at_request is not None and result.outcome == "decided":
+                freeze_if_asked(shared.freeze_at_request, result)
         for key, stored in batch.users.items():
             raw = batch.encoded[key] = encode_stored_user(stored)
             outputs.append(Outgoing(shared.users_changelog, key, raw, self.number))

@@ -169,6 +169,7 @@ class WindowWorker:
             clock=clock,
             page_lookup=self._page,
             on_committed=self._on_committed,
+            freeze_at_request=config.freeze_at_request,
         )
         self.runner = PartitionedRunner(
             bootstrap=settings.kafka_bootstrap,

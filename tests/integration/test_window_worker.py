@@ -1,16 +1,19 @@
 """The window worker on the real broker, as subprocesses (`python -m services.window worker`).
 
 - events in, state out through the query endpoint; reach counts; a request decided;
-- a restart keeps the state (local RocksDB + changelog), and so does a lost data dir (changelog);
+- a restart keeps the state (restored from the changelog), whatever its data dir holds;
 - the replay rebuilds the same table from the events topic and finds a planted divergence;
 - a second worker joins and the state moves with its partitions (queries routed to the owner);
 - kill -9 of the owner between two requests for one OTN token: the survivor takes over, the
-  token goes to exactly one of them, and no state is lost.
+  token goes to exactly one of them, and no state is lost;
+- a worker frozen mid-batch past its session timeout (SIGSTOP) wakes up fenced: nothing it
+  decided before the freeze is ever read, and the state its successor wrote stays (I1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -57,7 +60,9 @@ class Gateway:
         await ensure_topics(self.bootstrap, self.topics, PARTITIONS)
         await self.producer.start()
 
-    def worker(self, name: str, data: str | None = None) -> WindowProcess:
+    def worker(
+        self, name: str, data: str | None = None, env: dict[str, str] | None = None
+    ) -> WindowProcess:
         process = WindowProcess(
             self.bootstrap,
             prefix=self.prefix,
@@ -65,7 +70,7 @@ class Gateway:
             data_dir=self.tmp / (data or name),
             log=self.tmp / f"{name}.log",
             partitions=PARTITIONS,
-            extra_env=FAST,
+            extra_env={**FAST, **(env or {})},
         )
         self.workers.append(process)
         return process.start()
@@ -180,7 +185,9 @@ async def all_users_known(worker: WindowProcess, users: range) -> dict[int, dict
 
 
 async def read_decisions(bootstrap: str, topic: str) -> list[Decision]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -247,14 +254,14 @@ async def test_one_worker_folds_answers_survives_restarts_and_replays(gateway: G
     before = {n: s["state"] for n, s in (await all_users_known(w1, users) or {}).items()}
     assert before[3] == reserved
 
-    # Restart on the same data dir: local RocksDB plus the changelog's tail.
+    # Restart on the same data dir.
     await w1.terminate()
     w1 = gateway.worker("w1-again", data="w1")
     await w1.wait_ready()
     after = await eventually(lambda: all_users_known(w1, users), "state after restart", [w1])
     assert {n: s["state"] for n, s in after.items()} == before
 
-    # A lost data dir: the changelog alone.
+    # Another data dir: the state comes from the changelog, never from local files.
     await w1.terminate()
     w1 = gateway.worker("w1-fresh", data="w1-empty")
     await w1.wait_ready()
@@ -426,3 +433,77 @@ async def _a_page_block_reaches_the_other_worker(
         lambda: decisions_for(gateway, "blocked-page"), "the blocked decision", workers.values()
     )
     assert (decision.allowed, decision.reason) == (False, "page_restricted")
+
+
+def _stopped(worker: WindowProcess) -> bool:
+    """The process is stopped by a signal (state T in /proc): the freeze hook has fired."""
+    assert worker.proc is not None
+    stat = Path(f"/proc/{worker.proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+async def test_a_worker_frozen_mid_batch_wakes_up_fenced_and_writes_nothing(
+    gateway: Gateway,
+) -> None:
+    now = now_ms()
+    users = range(6)
+    w1 = gateway.worker("w1", env={"WINDOW_FREEZE_AT_REQUEST": "frozen"})
+    await w1.wait_ready()
+    await gateway.send_events(e for n in users for e in opener_and_token(n, now))
+    await eventually(lambda: all_users_known(w1, users), "users on w1", [w1])
+
+    # w1 decides "frozen" (granting tok-0) and stops before its transaction, as in a long GC pause.
+    ask = {"purpose": "otn", "topic": "restock", "page_id": PAGE, "user_id": user(0)}
+    await gateway.send_request(SendRequest(request_id="frozen", **ask))
+
+    async def frozen() -> bool:
+        return _stopped(w1)
+
+    await eventually(frozen, "w1 frozen by its hook", [w1])
+
+    # w2 takes every partition once w1's session has expired, and carries on.
+    w2 = gateway.worker("w2")
+    decided = await eventually(lambda: decisions_for(gateway, "frozen"), "w2 decides", [w2], 90)
+    assert [(d.allowed, d.token) for d in decided] == [(True, "tok-0")]
+    await gateway.send_request(SendRequest(request_id="after", **ask))
+    later = MessageReceived(
+        page_id=PAGE, user_id=user(1), timestamp=now, mid="m-late", dedup_key="m-late"
+    )
+    await gateway.send_events([later])
+    await eventually(lambda: decisions_for(gateway, "after"), "w2 decides again", [w2], 60)
+
+    async def late_message_folded() -> bool:
+        answer = await user_state(w2, 1)
+        return answer is not None and answer[0]["state"]["last_opener_at"] == now
+
+    await eventually(late_message_folded, "the late message on w2", [w2])
+
+    # w1 wakes up holding its stale batch: its transaction is fenced, it rejoins and restores.
+    assert w1.proc is not None
+    w1.proc.send_signal(signal.SIGCONT)
+
+    async def both_serving() -> set[str] | None:
+        served = set()
+        for n in users:
+            answer = await user_state(w2, n)
+            if answer is None:
+                return None
+            served.add(answer[1])
+        return served if served == {w1.url, w2.url} else None
+
+    await eventually(both_serving, "w1 back, partitions split", [w1, w2], 90)
+    decisions = await read_decisions(gateway.bootstrap, gateway.topics.decisions)
+    frozen_records = [d for d in decisions if d.request_id == "frozen"]
+    assert frozen_records == decided  # one record: w1's stale decision was never committed
+    after = [(d.allowed, d.reason) for d in decisions if d.request_id == "after"]
+    assert after == [(False, "token_spent")]
+    for worker in (w1, w2):
+        answer = await user_state(worker, 0)
+        assert answer is not None
+        state = answer[0]["state"]
+        assert [(t["status"], t["request_id"]) for t in state["otn"]] == [("reserved", "frozen")]
+        assert sorted(d["request_id"] for d in state["decisions"]) == ["after", "frozen"]
+        answer = await user_state(worker, 1)
+        assert answer is not None and answer[0]["state"]["last_opener_at"] == now
+    replay = await run_replay(gateway)
+    assert replay.returncode == 0, replay.stdout + replay.stderr

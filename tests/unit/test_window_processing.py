@@ -15,14 +15,13 @@ from schemas.decision import decode_decision_record
 from schemas.events import (
     Event,
     MessageRead,
-    PageRestricted,
     PolicyEnforcement,
     RequestDecided,
     decode_event,
     encode_event,
 )
 from schemas.request import SendRequest, encode_request
-from schemas.state import PageState, UserState, encode_page_state
+from schemas.state import PageState, UserState
 from services.window.processing import (
     Result,
     Source,
