@@ -1,14 +1,21 @@
 """The dispatch log: `<prefix>dispatch-log`, the dispatcher's write-ahead record of Graph calls.
 
-Two record kinds, both JSON, written with transactional producers (see README, "Exactly-once
+Three record kinds, all JSON, written with transactional producers (see README, "Exactly-once
 delivery"): an `attempt` — committed, together with the consumer offset of its decision, BEFORE the
 Graph call — and a `done` — committed with the outcome events AFTER it. An attempt without a done
 is a call whose outcome nobody recorded (a crash in between): it ends `unknown`, never resent.
+An attempt that carries a token (OTN, recurring, marketing) is committed with a `token` record
+naming its request as the token's holder: no other request may put that token into a Graph call
+(I4), whatever the decisions topic says. Only an outcome that gives the token back (Meta
+definitely rejected the request before delivery, or no call was made) writes a second `token`
+record, `released`, for the same key.
 
 Partition p of the log belongs with partition p of `decisions` (same partition count): the
 dispatcher that owns decisions partition p owns log partition p. Records carry the request's own
 key, `[page_id, user_id, request_id]`, so the topic can be compacted (`compact,delete`): a request
-keeps its last record (its done) until the retention — the horizon of duplicate detection.
+keeps its last record (its done) until the retention — the horizon of duplicate detection. A
+token's records are keyed by the token, `[page_id, user_id, mechanism, token]` (tokens belong to a
+page and user, so they live in the user's partition), and compaction keeps its last word too.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,6 +40,11 @@ _TOPIC_ALREADY_EXISTS = 36
 def request_key(page_id: str, user_id: str, request_id: str) -> bytes:
     """The log key of one request: unambiguous whatever the ids contain."""
     return orjson.dumps([page_id, user_id, request_id])
+
+
+def token_key(page_id: str, user_id: str, mechanism: Mechanism | None, token: str) -> bytes:
+    """The log key of one token: four items, so it never equals a request's key (three)."""
+    return orjson.dumps([page_id, user_id, mechanism, token])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,20 +88,51 @@ class Done:
         return request_key(self.page_id, self.user_id, self.request_id)
 
 
-LogRecord = Attempt | Done
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenUse:
+    """Who holds a token: `request_id`, since its attempt (`released=False`, written with the
+    attempt), until an outcome of that request gives the token back (`released=True`)."""
+
+    page_id: str
+    user_id: str
+    mechanism: Mechanism | None
+    token: str
+    request_id: str
+    at: int
+    released: bool = False
+
+    @property
+    def key(self) -> bytes:
+        return token_key(self.page_id, self.user_id, self.mechanism, self.token)
 
 
+def token_use(attempt: Attempt, at: int, *, released: bool = False) -> TokenUse | None:
+    """The token record of `attempt` (None when it carries no token)."""
+    if attempt.token is None:
+        return None
+    return TokenUse(
+        page_id=attempt.page_id,
+        user_id=attempt.user_id,
+        mechanism=attempt.mechanism,
+        token=attempt.token,
+        request_id=attempt.request_id,
+        at=at,
+        released=released,
+    )
+
+
+LogRecord = Attempt | Done | TokenUse
+
+_KINDS: dict[type[Any], str] = {Attempt: "attempt", Done: "done", TokenUse: "token"}
+_TYPES: dict[str, type[Any]] = {kind: cls for cls, kind in _KINDS.items()}
 _DEFAULTS: dict[type[Any], tuple[tuple[str, Any], ...]] = {
-    cls: tuple((f.name, f.default) for f in dataclasses.fields(cls)) for cls in (Attempt, Done)
+    cls: tuple((f.name, f.default) for f in dataclasses.fields(cls)) for cls in _KINDS
 }
 
 
 def encode_record(record: LogRecord) -> bytes:
-    """Compact JSON (fields at their defaults left out), on the hot path: two per request."""
-    wire: dict[str, Any] = {
-        "v": WIRE_VERSION,
-        "kind": "attempt" if isinstance(record, Attempt) else "done",
-    }
+    """Compact JSON (fields at their defaults left out), on the hot path: two or three a request."""
+    wire: dict[str, Any] = {"v": WIRE_VERSION, "kind": _KINDS[type(record)]}
     for name, default in _DEFAULTS[type(record)]:
         value = getattr(record, name)
         if value != default:
@@ -100,11 +143,11 @@ def encode_record(record: LogRecord) -> bytes:
 def decode_record(raw: bytes | str) -> LogRecord:
     data = loads(raw, "dispatch log record")
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind == "attempt":
-        return decode_as(Attempt, data)
-    if kind == "done":
-        return decode_as(Done, data)
-    raise SchemaError("kind", f"expected 'attempt' or 'done', got {kind!r}")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SchemaError("kind", f"expected 'attempt', 'done' or 'token', got {kind!r}")
+    record: LogRecord = decode_as(cls, data)
+    return record
 
 
 def done_to_wire(done: Done) -> dict[str, Any]:
@@ -116,10 +159,12 @@ def done_to_wire(done: Done) -> dict[str, Any]:
 
 @dataclass
 class LogScan:
-    """What one partition of the log says: every request seen, and attempts still open."""
+    """What one partition of the log says: every request seen, attempts still open, and the
+    tokens some request holds (by token key)."""
 
     seen: dict[bytes, int] = field(default_factory=dict)
     open: dict[bytes, Attempt] = field(default_factory=dict)
+    tokens: dict[bytes, TokenUse] = field(default_factory=dict)
     records: int = 0
     unreadable: int = 0
 
@@ -131,6 +176,9 @@ class LogScan:
             record = decode_record(raw)
         except SchemaError:
             self.unreadable += 1
+            return
+        if isinstance(record, TokenUse):
+            apply_token(self.tokens, record)
             return
         k = record.key
         self.seen[k] = max(self.seen.get(k, 0), timestamp_ms)
@@ -218,9 +266,25 @@ async def ensure_log_topic(
         await admin.close()
 
 
-def prune(seen: dict[bytes, int], older_than_ms: int) -> int:
-    """Forget requests last seen before `older_than_ms` (the log's retention); return how many."""
-    stale = [k for k, at in seen.items() if at < older_than_ms]
+def apply_token(tokens: dict[bytes, TokenUse], record: TokenUse) -> None:
+    """Apply one token record to the holders: a hold takes the token; a release frees it only
+    when it comes from the request holding it (another request never frees someone's token)."""
+    key = record.key
+    if not record.released:
+        tokens[key] = record
+        return
+    holder = tokens.get(key)
+    if holder is not None and holder.request_id == record.request_id:
+        del tokens[key]
+
+
+_Entry = TypeVar("_Entry", int, TokenUse)
+
+
+def prune(entries: dict[bytes, _Entry], older_than_ms: int) -> int:
+    """Forget requests (or token holds) recorded before `older_than_ms`, the log's retention:
+    the log itself has let go of them by then. Return how many."""
+    stale = [k for k, v in entries.items() if (v if isinstance(v, int) else v.at) < older_than_ms]
     for k in stale:
-        del seen[k]
+        del entries[k]
     return len(stale)

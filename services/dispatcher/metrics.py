@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram
 class Metrics:
     decisions: Counter
     skipped: Counter
+    token_taken: Counter
     calls: Counter
     outcomes: Counter
     settled: Counter
@@ -23,6 +24,12 @@ METRICS = Metrics(
         "windowgate_dispatcher_skipped",
         "Decisions not delivered: refused, duplicate, or request_id already attempted",
         ["reason"],
+    ),
+    token_taken=Counter(
+        "windowgate_dispatcher_token_taken",
+        "Allowed decisions settled failed without a call: their token was already attempted by "
+        "another request (I4; only a faulty upstream grants a token twice)",
+        ["mechanism"],
     ),
     calls=Counter(
         "windowgate_dispatcher_graph_calls", "Graph API calls by answer class", ["answer"]

@@ -5,6 +5,7 @@ Pure. Every outcome becomes a `SendOutcome`, the token's fate (`TokenSpent` / `T
 us (`WindowClosedByMeta`, `UserUnavailable`, `PageRestricted`, a thread taken by another app), all
 keyed by the user (page-wide facts by `"<page_id>:"`) so the window folds them in partition order.
 Each event's dedup_key is derived from the request_id: publishing it again changes nothing (I2).
+A settlement that gives the token back also carries the dispatch log's `released` token record.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from schemas.events import (
     UserUnavailable,
     WindowClosedByMeta,
 )
-from services.dispatcher.dispatchlog import Attempt, Done
+from services.dispatcher.dispatchlog import Attempt, Done, TokenUse, token_use
 from services.dispatcher.graph_errors import Action, TokenFate, Verdict
 
 
@@ -34,6 +35,11 @@ from services.dispatcher.graph_errors import Action, TokenFate, Verdict
 class Settlement:
     events: tuple[Event, ...]
     done: Done
+    released: TokenUse | None = None  # the token goes back: the log frees it with the done
+
+
+def _released(attempt: Attempt, fate: TokenFate, now: int) -> TokenUse | None:
+    return token_use(attempt, now, released=True) if fate == "release" else None
 
 
 def attempt_for(decision: Decision, now: int) -> Attempt:
@@ -132,7 +138,7 @@ def settle(
         graph_body=graph_body,
         calls=calls,
     )
-    return Settlement(tuple(events), done)
+    return Settlement(tuple(events), done, _released(attempt, act.token, now))
 
 
 def _without_answer(
@@ -155,12 +161,26 @@ def _without_answer(
         mechanism=attempt.mechanism,
         detail=detail,
     )
-    return Settlement((outcome,) if token is None else (outcome, token), done)
+    events = (outcome,) if token is None else (outcome, token)
+    return Settlement(events, done, _released(attempt, fate, now))
 
 
 def not_sent(attempt: Attempt, now: int, detail: str) -> Settlement:
     """No call was (or will be) made: failed, and the reserved token is free again (R-OTN-4)."""
     return _without_answer(attempt, now, "failed", "release", detail)
+
+
+def token_taken(attempt: Attempt, now: int, holder: str) -> Settlement:
+    """Another request already put this token into a Graph call, or may have (I4): no call.
+
+    Only a faulty upstream grants one token twice. The token is left alone (no TokenReleased):
+    releasing it on behalf of this request would free a token the holder may have spent.
+    """
+    detail = (
+        f"token already attempted by request {holder}: not sent (I4, a token goes into one "
+        "Graph call at most)"
+    )
+    return _without_answer(attempt, now, "failed", "keep", detail)
 
 
 def unknown_after_crash(attempt: Attempt, now: int) -> Settlement:

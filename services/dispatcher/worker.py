@@ -5,18 +5,21 @@ gets a `PartitionWorker` with its own transactional producer (transactional_id
 `<group>-p<p>`, so whoever owns p next fences the previous owner). Per batch of decisions, in
 partition order, the worker (README, "Exactly-once delivery"):
 
-1. skips refused and duplicate decisions, and request_ids the dispatch log already has;
+1. skips refused and duplicate decisions, and request_ids the dispatch log already has; settles
+   `failed`, without a call, one whose token another request already holds (I4);
 2. re-checks `still_valid` (I6): a decision past its validity is settled `failed`, token released;
 3. commits ONE transaction: an `attempt` record per call to make + the consumer offset of the
-   batch (+ the outcomes of calls finished since the last one). From here on these decisions are
-   never processed again, by anyone;
+   batch, with a `token` record per attempt that carries a token (+ the outcomes of calls finished
+   since the last one, and the tokens they give back). From here on these decisions are never
+   processed again, by anyone, and their tokens are held;
 4. calls Graph (rate-limited per page, re-checking validity just before each call, retrying only
    definite pre-delivery rejections);
 5. publishes each call's outcome events and `done` record in the next transaction.
 
 On assignment a worker first reads its dispatch-log partition to the end: that rebuilds the set
-of request_ids already attempted, and every attempt without a done (a crash between 3 and 5) is
-settled `unknown` — never called again. The worker keeps no copy of user state.
+of request_ids already attempted and the tokens held, and every attempt without a done (a crash
+between 3 and 5) is settled `unknown` — never called again, its token held for good. The worker
+keeps no copy of user state.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ from services.common.topics import Topics
 from services.dispatcher.config import CrashPoint, DispatcherConfig
 from services.dispatcher.dispatchlog import (
     Attempt,
+    LogRecord,
+    TokenUse,
+    apply_token,
     encode_record,
     prune,
     request_key,
     scan_partition,
+    token_use,
 )
 from services.dispatcher.graph import Answer, Deliverer
 from services.dispatcher.graph_request import CannotSend, GraphCall, build_call
@@ -57,6 +64,7 @@ from services.dispatcher.outcome import (
     attempt_for,
     not_sent,
     settle,
+    token_taken,
     unknown_after_crash,
 )
 from windowgate.decide import still_valid
@@ -98,6 +106,8 @@ class Plan:
     settled: list[Settlement] = field(default_factory=list)
     dead: list[bytes] = field(default_factory=list)
     keys: dict[bytes, int] = field(default_factory=dict)
+    tokens: dict[bytes, TokenUse] = field(default_factory=dict)  # held from this transaction on
+    released: list[TokenUse] = field(default_factory=list)  # given back by settled requests
     next_offset: int | None = None
 
 
@@ -124,6 +134,7 @@ class PartitionWorker:
         self.settled: list[Settlement] = []
         self.in_flight: set[asyncio.Task[None]] = set()
         self.seen: dict[bytes, int] = {}
+        self.tokens: dict[bytes, TokenUse] = {}
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self.stopping = False
@@ -197,9 +208,10 @@ class PartitionWorker:
         """Rebuild the attempted set; settle `unknown` every attempt that has no done."""
         started = time.monotonic()
         scan = await scan_partition(self.config.bootstrap, self.config.dispatch_log, self.partition)
-        self.seen = scan.seen
+        self.seen, self.tokens = scan.seen, scan.tokens
         now = self.deps.clock()
         prune(self.seen, now - self.config.log_retention_h * HOUR_MS)
+        prune(self.tokens, now - self.config.log_retention_h * HOUR_MS)
         orphans = [unknown_after_crash(a, now) for a in scan.open.values()]
         if orphans:
             log.warning(
@@ -210,10 +222,12 @@ class PartitionWorker:
             METRICS.outcomes.labels("unknown").inc(len(orphans))
             await self._commit(Plan(settled=orphans))
         log.info(
-            "partition %d: dispatch log read (%d records, %d request_ids) in %.2f s",
+            "partition %d: dispatch log read (%d records, %d request_ids, %d tokens held) "
+            "in %.2f s",
             self.partition,
             scan.records,
             len(self.seen),
+            len(self.tokens),
             time.monotonic() - started,
         )
 
@@ -234,6 +248,7 @@ class PartitionWorker:
             settled, self.settled = self.settled, []
             plan = self._plan(records)
             plan.settled[:0] = settled
+            plan.released = self._released(settled)
             await self._commit_with_retry(plan)
             self._launch(plan)
 
@@ -281,6 +296,21 @@ class PartitionWorker:
             return
         plan.keys[key] = now
         attempt = attempt_for(decision, now)
+        hold = token_use(attempt, now)
+        if hold is not None:  # before any path that releases the token: it may not be ours
+            holder = plan.tokens.get(hold.key) or self.tokens.get(hold.key)
+            if holder is not None:
+                METRICS.token_taken.labels(decision.mechanism or "none").inc()
+                log.warning(
+                    "partition %d: request %s carries a %s token already attempted by request "
+                    "%s: not sent (an upstream fault: the token was granted twice)",
+                    self.partition,
+                    decision.request_id,
+                    decision.mechanism,
+                    holder.request_id,
+                )
+                plan.settled.append(token_taken(attempt, now, holder.request_id))
+                return
         if not still_valid(decision, now):
             plan.settled.append(not_sent(attempt, now, _expired(decision.valid_until, now)))
             return
@@ -298,6 +328,21 @@ class PartitionWorker:
             plan.settled.append(not_sent(attempt, now, exc.detail))
             return
         plan.jobs.append(Job(decided, attempt, call, page.access_token))
+        if hold is not None:
+            plan.tokens[hold.key] = hold
+
+    def _released(self, settled: list[Settlement]) -> list[TokenUse]:
+        """The tokens these outcomes give back that their request holds in the log (a request
+        settled before its attempt holds none; a token another request holds stays held)."""
+        released = []
+        for settlement in settled:
+            record = settlement.released
+            if record is None:
+                continue
+            holder = self.tokens.get(record.key)
+            if holder is not None and holder.request_id == record.request_id:
+                released.append(record)
+        return released
 
     # ---- transactions -------------------------------------------------------------------------
 
@@ -316,12 +361,11 @@ class PartitionWorker:
                 await producer.send(
                     log_topic, encode_record(done), key=done.key, partition=self.partition
                 )
-            for job in plan.jobs:
+            records: list[LogRecord] = [*plan.released, *(j.attempt for j in plan.jobs)]
+            records.extend(plan.tokens.values())  # each token held with its attempt
+            for record in records:
                 await producer.send(
-                    log_topic,
-                    encode_record(job.attempt),
-                    key=job.attempt.key,
-                    partition=self.partition,
+                    log_topic, encode_record(record), key=record.key, partition=self.partition
                 )
             for dead in plan.dead:
                 await producer.send(topics.dead_letter, dead)
@@ -331,6 +375,8 @@ class PartitionWorker:
                 )
         METRICS.transaction_seconds.observe(time.monotonic() - started)
         self.seen.update(plan.keys)
+        for record in (*plan.released, *plan.tokens.values()):
+            apply_token(self.tokens, record)
         for settlement in plan.settled:
             self.seen[settlement.done.key] = settlement.done.at
         if plan.settled:
@@ -370,6 +416,7 @@ class PartitionWorker:
         if now - self._last_prune > 60_000:  # forget request_ids the log has let go of
             self._last_prune = now
             prune(self.seen, now - self.config.log_retention_h * HOUR_MS)
+            prune(self.tokens, now - self.config.log_retention_h * HOUR_MS)
             self.deps.deliverer.limiter.forget_idle()
 
     async def _deliver(self, job: Job) -> None:

@@ -36,7 +36,7 @@ from schemas.state import PageState, UserState
 from services.common.runtime import now_ms
 from services.common.topics import Topics, ensure_topics
 from services.dispatcher.config import DispatcherConfig
-from services.dispatcher.dispatchlog import Done, decode_record, ensure_log_topic
+from services.dispatcher.dispatchlog import Attempt, Done, decode_record, ensure_log_topic
 from windowgate.client import Tail
 from windowgate.decide import decide
 from windowgate.fold import fold
@@ -218,7 +218,7 @@ class Collector(Tail):
             decoded = decode_record(record.value)
             if isinstance(decoded, Done):
                 self.done.setdefault(decoded.request_id, []).append(decoded)
-            else:
+            elif isinstance(decoded, Attempt):
                 self.attempts[decoded.request_id] = self.attempts.get(decoded.request_id, 0) + 1
         else:
             self.events.append(decode_event(record.value))

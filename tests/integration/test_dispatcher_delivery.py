@@ -29,6 +29,7 @@ from schemas.events import (
 from schemas.state import PageState
 from services.common.runtime import now_ms
 from services.common.topics import Topics
+from services.dispatcher.dispatchlog import Done
 from services.dispatcher.service import DispatcherService
 from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
@@ -309,5 +310,85 @@ async def test_two_instances_share_the_work_and_survive_a_rebalance(kafka_bootst
     finally:
         await second.stop()
         await first.stop()
+        await collector.stop()
+        await standin.stop()
+
+
+def calls_with(standin: GraphStandIn, token: str) -> int:
+    """Every call that carried `token`, whatever Graph answered."""
+    return sum(1 for c in standin.calls if c.token == token)
+
+
+def granted_twice(user: User, token: str) -> tuple[DecisionRecord, DecisionRecord]:
+    """Two requests allowed with the same token, as a faulty window that lost its reservation
+    would decide them (each against the state before the other)."""
+    first = user.decide(uid("r"), BOOK, purpose="otn", topic="restock")
+    second = user.decide(uid("r"), BOOK, purpose="otn", topic="restock")
+    assert first.decision.allowed and second.decision.allowed
+    assert first.decision.token == second.decision.token == token
+    return first, second
+
+
+def assert_refused_for(collector: Collector, done: Done, holder: str) -> None:
+    assert (done.status, done.calls) == ("failed", 0)
+    assert f"token already attempted by request {holder}" in (done.detail or "")
+    # only the outcome goes back: the token stays with the request that used it
+    assert [type(e) for e in collector.events_of(done.request_id)] == [SendOutcome]
+
+
+async def test_a_token_granted_twice_goes_into_one_graph_call(env: Env) -> None:
+    token = uid("otn-twice")
+    first, second = granted_twice(User(PAGE_EU, uid("u")).opted_in(token), token)
+    await env.send(first, second)
+    sent = await env.collector.outcome(first.decision.request_id)
+    refused = await env.collector.outcome(second.decision.request_id)
+    assert sent.status == "sent"
+    assert_refused_for(env.collector, refused, first.decision.request_id)
+    assert calls_with(env.standin, token) == 1
+    assert env.standin.calls_for(f"hello {second.decision.request_id}") == []
+    assert len(env.collector.done[second.decision.request_id]) == 1
+
+
+async def test_a_restarted_dispatcher_refuses_a_used_token_from_the_log_alone(
+    kafka_bootstrap: str,
+) -> None:
+    """The second request reaches a new instance, which knows the token only from the log; a
+    token whose call Meta definitely rejected before delivery is given back, and is usable."""
+    standin = GraphStandIn(TOKENS)
+    await standin.start()
+    prefix = unique_name("token-restart") + "."
+    topics = await create_topics(kafka_bootstrap, prefix, 2)
+    collector = Collector(kafka_bootstrap, topics)
+    await collector.start()
+    cfg = config(kafka_bootstrap, prefix, standin.base_url, role="worker", max_retries=1)
+    used, rejected = uid("otn-used"), uid("otn-rejected")
+    user = User(PAGE_EU, uid("u")).opted_in(used).opted_in(rejected, "back-in-stock")
+    first, second = granted_twice(user, used)
+    standin.script("error-rate-limit", recipient=rejected, times=2)  # first call and its retry
+    given_back = user.decide(uid("r"), BOOK, purpose="otn", topic="back-in-stock")
+    again = user.decide(uid("r"), BOOK, purpose="otn", topic="back-in-stock")
+    assert given_back.decision.token == again.decision.token == rejected
+    try:
+        first_run = DispatcherService(cfg, BOOK, host="127.0.0.1")
+        await first_run.start()
+        try:
+            await produce(kafka_bootstrap, topics.decisions, [first, given_back])
+            assert (await collector.outcome(first.decision.request_id)).status == "sent"
+            assert (await collector.outcome(given_back.decision.request_id)).status == "failed"
+        finally:
+            await first_run.stop()
+        second_run = DispatcherService(cfg, BOOK, host="127.0.0.1")
+        await second_run.start()
+        try:
+            await produce(kafka_bootstrap, topics.decisions, [second, again])
+            refused = await collector.outcome(second.decision.request_id)
+            assert (await collector.outcome(again.decision.request_id)).status == "sent"
+        finally:
+            await second_run.stop()
+        assert_refused_for(collector, refused, first.decision.request_id)
+        assert calls_with(standin, used) == 1
+        assert calls_with(standin, rejected) == 3  # two rejected before delivery, one delivery
+        assert standin.double_used_tokens() == {}
+    finally:
         await collector.stop()
         await standin.stop()

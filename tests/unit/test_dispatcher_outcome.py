@@ -13,6 +13,7 @@ from schemas.events import (
     TokenOptedOut,
     TokenOutcomeUnknown,
     TokenReleased,
+    TokenReserved,
     TokenSpent,
     UserUnavailable,
     WindowClosedByMeta,
@@ -20,7 +21,7 @@ from schemas.events import (
 from schemas.state import PageState
 from services.dispatcher.dispatchlog import Attempt
 from services.dispatcher.graph_errors import classify, classify_transport
-from services.dispatcher.outcome import not_sent, settle, unknown_after_crash
+from services.dispatcher.outcome import not_sent, settle, token_taken, unknown_after_crash
 from tests.unit.builders import PAGE, T0, USER, empty, otn, rn_optin
 from windowgate.fold import fold, fold_page
 
@@ -102,6 +103,32 @@ def test_not_sent_releases_the_token() -> None:
     s = not_sent(attempt(), NOW, "expired")
     assert kinds(s.events) == [SendOutcome, TokenReleased]
     assert s.done.status == "failed" and s.done.detail == "expired" and s.done.calls == 0
+    assert s.released is not None
+    assert (s.released.request_id, s.released.token, s.released.released) == ("r1", "otn-1", True)
+
+
+def test_only_a_token_given_back_is_released_in_the_log() -> None:
+    rate_limited = classify(400, err(613, 2534040))
+    assert settle(attempt(), rate_limited, NOW).released is not None
+    assert settle(attempt(), classify(200, {"message_id": "m"}), NOW).released is None
+    assert settle(attempt(), classify(400, err(10, 2018278)), NOW).released is None  # kept
+    assert unknown_after_crash(attempt(), NOW).released is None
+    assert not_sent(attempt(None, "RESPONSE"), NOW, "expired").released is None
+
+
+def test_a_token_taken_by_another_request_is_left_to_its_holder() -> None:
+    s = token_taken(attempt(), NOW, "r0")
+    assert kinds(s.events) == [SendOutcome]
+    assert (s.done.status, s.done.calls, s.released) == ("failed", 0, None)
+    assert "token already attempted by request r0" in (s.done.detail or "")
+    # the holder's reservation survives what the refused request folds back
+    reserved = TokenReserved(
+        page_id=PAGE, user_id=USER, timestamp=T0, token="otn-1", request_id="r0"
+    )
+    state = fold(fold(empty(), otn(T0 - 1000, "otn-1")), reserved)
+    for event in s.events:
+        state = fold(state, event)
+    assert (state.otn[0].status, state.otn[0].request_id) == ("reserved", "r0")
 
 
 def test_unknown_after_crash() -> None:
