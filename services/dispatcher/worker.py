@@ -402,6 +402,40 @@ class PartitionWorker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 self.producer = await self._new_producer()
+                await self._resync(plan)
+
+    async def _resync(self, plan: Plan) -> None:
+        """After a new producer fenced whoever else held this partition meanwhile (a worker that
+        stalled through its session timeout comes back here): re-read the log and drop every job
+        another owner attempted, or whose token another request took, since the plan was made.
+        Without this a woken zombie would re-fence the rightful owner and call Graph again."""
+        scan = await scan_partition(self.config.bootstrap, self.config.dispatch_log, self.partition)
+        held_by = {use.request_id: key for key, use in plan.tokens.items()}
+        kept = []
+        for job in plan.jobs:
+            request_id = job.attempt.request_id
+            token = held_by.get(request_id)
+            holder = scan.tokens.get(token) if token is not None else None
+            if job.attempt.key in scan.seen or (
+                holder is not None and holder.request_id != request_id
+            ):
+                METRICS.skipped.labels("already_attempted").inc()
+                log.warning(
+                    "partition %d: request %s (or its token) was attempted by another owner "
+                    "while this one was away: not sent",
+                    self.partition,
+                    request_id,
+                )
+                plan.keys.pop(job.attempt.key, None)
+                continue
+            kept.append(job)
+        dropped = {j.attempt.request_id for j in plan.jobs} - {j.attempt.request_id for j in kept}
+        plan.jobs = kept
+        plan.tokens = {k: u for k, u in plan.tokens.items() if u.request_id not in dropped}
+        for key, at in scan.seen.items():
+            self.seen[key] = max(self.seen.get(key, 0), at)
+        for record in scan.tokens.values():
+            apply_token(self.tokens, record)
 
     # ---- calls --------------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ The table value is the compact `UserState` JSON (readable by `decode_user_state`
 unknown keys) with one extra key, `ro`: the offset of the last `send-requests` record applied to
 this user. Records of one user are applied in partition order, so a record at an offset `<= ro` is
 one this user's state has already absorbed: a redelivery, not a new request (with transactions a
-committed state and its input offsets move together, so this is a second line of defence). The request agent uses that to re-emit the remembered decision
-instead of answering "duplicate" to its own replay (see `processing`).
+committed state and its input offsets move together, so this is a second line of defence). The
+request step uses it to re-emit the remembered decision instead of answering "duplicate" to its
+own replay (see `processing`).
 
 `Tables` is the storage the shared fold step needs; the worker binds it to a partition's state and
 its batch (`partition`), the replay and the unit tests to plain dicts.
