@@ -1,30 +1,25 @@
 """Smoke tests against a real Kafka broker: the client features windowgate depends on.
 
-Idempotent produce, transactions with read_committed, and a faust table whose changelog
-round-trips (written by one worker, recovered by a fresh one).
+Idempotent produce, transactions with read_committed, and the fencing of a producer by a newer one
+with the same transactional id.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ProducerFenced
 
 from windowgate.devbroker import unique_name
 
 pytestmark = pytest.mark.integration
 
-FAUST_APP = Path(__file__).with_name("faust_smoke_app.py")
 DEADLINE_S = 60.0
 
 MakeTopic = Callable[..., Awaitable[str]]
@@ -155,122 +150,30 @@ async def _send_all(producer: AIOKafkaProducer, topic: str, records: Iterable[Re
         await producer.send(topic, key=key, value=value)
 
 
-class FaustWorker:
-    """faust_smoke_app.py in a subprocess, output to a log file, stopped with SIGTERM."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(FAUST_APP), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=log.parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"faust worker exited ({self.proc.returncode}):\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    async def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                pytest.fail(f"faust worker ignored SIGTERM for {timeout_s} s:\n{self.output()}")
-            await asyncio.sleep(0.1)
-        return self.proc.returncode
-
-
-async def _wait_for_topic(bootstrap: str, topic: str, worker: FaustWorker) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while topic not in await admin.list_topics():
-            worker.check_alive()
-            if time.monotonic() > deadline:
-                pytest.fail(f"{topic} not created after {DEADLINE_S} s:\n{worker.output()}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
-async def test_faust_table_changelog_round_trip(
-    kafka_bootstrap: str, make_topic: MakeTopic, tmp_path: Path
+async def test_a_second_producer_with_the_transactional_id_fences_the_first(
+    kafka_bootstrap: str, make_topic: MakeTopic
 ) -> None:
-    app_id = unique_name("smoke-faust")
-    source = await make_topic(partitions=1, prefix="smoke-faust-in")
-    probe = await make_topic(partitions=1, prefix="smoke-faust-probe")
-    changelog = f"{app_id}-totals-changelog"
-    events = [("alice", 1), ("bob", 2), ("alice", 3), ("carol", 5), ("bob", 4), ("alice", 10)]
-    expected = {"alice": 14, "bob": 6, "carol": 5}
-    running: dict[str, list[int]] = {}
-    total: dict[str, int] = {}
-    for key, amount in events:
-        total[key] = total.get(key, 0) + amount
-        running.setdefault(key, []).append(total[key])
-
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    await producer.start()
+    """The feature the window's single writer rests on (services.common.partitioned): starting a
+    producer with the same transactional id aborts the old one's open transaction and fences it,
+    and a read_committed reader sees only what the new one commits."""
+    topic = await make_topic(partitions=1, prefix="smoke-fence")
+    txn_id = unique_name("smoke-fence-p0")
+    old = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    new = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=txn_id)
+    await old.start()
     try:
-        for key, amount in events:
-            await producer.send(
-                source, key=json.dumps(key).encode(), value=json.dumps(amount).encode()
-            )
-        await producer.flush()
+        await old.begin_transaction()
+        await (await old.send(topic, b"stale", key=b"k"))
+        await new.start()  # the new owner: fences `old`, aborts its open transaction
+        with pytest.raises(ProducerFenced):
+            await old.commit_transaction()
+        async with new.transaction():
+            await (await new.send(topic, b"fresh", key=b"k"))
     finally:
-        await producer.stop()
-
-    def args(mode: str) -> list[str]:
-        datadir = tmp_path / f"{mode}-data"
-        dump = tmp_path / "dump.json"
-        return [kafka_bootstrap, app_id, source, probe, str(datadir), mode, str(dump)]
-
-    # 1. A worker folds the events into the table; every update lands in the changelog.
-    counter = FaustWorker(tmp_path / "count.log", *args("count"))
-    try:
-        await _wait_for_topic(kafka_bootstrap, changelog, counter)
-
-        def final_values_seen(records: list[Record]) -> bool:
-            counter.check_alive()
-            latest = {json.loads(k or b""): json.loads(v or b"") for k, v in records}
-            return latest == expected
-
-        records = await read_records(kafka_bootstrap, changelog, until=final_values_seen)
-    finally:
-        await counter.stop()
-
-    updates: dict[str, list[int]] = {}
-    for key, value in records:
-        updates.setdefault(json.loads(key or b""), []).append(json.loads(value or b""))
-    assert updates == running, f"changelog updates {updates} != running totals {running}"
-
-    # 2. A fresh worker of the same app (memory store: it starts empty) recovers the table
-    #    from the changelog alone; it does not consume the source topic in this mode.
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(probe, value=b'"dump"')
-    finally:
-        await producer.stop()
-    dump = tmp_path / "dump.json"
-    recovered = FaustWorker(tmp_path / "dump.log", *args("dump"))
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while not dump.exists():
-            recovered.check_alive()
-            if time.monotonic() > deadline:
-                pytest.fail(f"no table dump after {DEADLINE_S} s:\n{recovered.output()}")
-            await asyncio.sleep(0.2)
-    finally:
-        await recovered.stop()
-    assert json.loads(dump.read_text()) == expected
+        for producer in (old, new):
+            with contextlib.suppress(Exception):
+                await producer.stop()
+    committed = await read_records(
+        kafka_bootstrap, topic, until=at_least(1), isolation_level="read_committed"
+    )
+    assert [value for _, value in committed] == [b"fresh"]

@@ -190,3 +190,32 @@ def test_an_outcome_frees_a_token_only_for_its_holder() -> None:
     assert given_back.released is not None and not_ours.released is not None
     assert spent.released is None
     assert w._released([given_back, spent, not_ours]) == [given_back.released]
+
+
+async def test_a_retry_after_a_new_producer_drops_what_another_owner_attempted_meanwhile(
+    monkeypatch: Any,
+) -> None:
+    """A worker whose transaction failed starts a new producer (fencing whoever took the partition
+    while it stalled) and re-reads the log: what the other owner attempted is not called again."""
+    import services.dispatcher.worker as worker_module
+    from services.dispatcher.dispatchlog import LogScan
+
+    r1, r2 = decided("r1", **OTN), decided("r2", purpose="response")
+    r3 = decided("r3", purpose="response")
+    w = worker()
+    p = plan(w, r1, r2, r3)
+    assert [j.attempt.request_id for j in p.jobs] == ["r1", "r2", "r3"]
+    meanwhile = LogScan()
+    meanwhile.seen[request_key(PAGE, USER, "r2")] = NOW  # the other owner attempted r2
+    other = decided("r-other", **OTN)  # ... and gave r1's token to another request
+    apply_token(meanwhile.tokens, held(other))
+
+    async def scan(bootstrap: str, topic: str, partition: int) -> LogScan:
+        return meanwhile
+
+    monkeypatch.setattr(worker_module, "scan_partition", scan)
+    await w._resync(p)
+    assert [j.attempt.request_id for j in p.jobs] == ["r3"]
+    assert [u.request_id for u in p.tokens.values()] == []
+    assert request_key(PAGE, USER, "r2") in w.seen  # never planned again either
+    assert [u.request_id for u in w.tokens.values()] == ["r-other"]
