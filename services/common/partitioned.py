@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -123,8 +123,9 @@ class PartitionLogic(Protocol):
     def process(self, records: Sequence[Record]) -> list[Outgoing]:
         """Apply a batch to a working copy of the state; return what to write. No awaits."""
 
-    def committed(self) -> None:
-        """The batch's transaction committed: make its changes the state."""
+    def committed(self, written: Mapping[TopicPartition, int]) -> None:
+        """The batch's transaction committed: make its changes the state. `written`: per
+        partition written to, the offset after the batch's last record there."""
 
     def rolled_back(self) -> None:
         """The batch's transaction did not commit: forget its changes."""
@@ -293,14 +294,14 @@ class PartitionTask:
             raise RuntimeError("no producer")
         self.clean = False
         try:
-            await asyncio.wait_for(
+            written = await asyncio.wait_for(
                 self._transaction(producer, outputs, offsets),
                 self.runner.request_timeout_ms / 1000 * 2,
             )
         except BaseException:
             self.logic.rolled_back()
             raise
-        self.logic.committed()
+        self.logic.committed(written)
         self.clean = True
         self.stats.batches += 1
         self.stats.records += len(records)
@@ -311,8 +312,11 @@ class PartitionTask:
         producer: AIOKafkaProducer,
         outputs: list[Outgoing],
         offsets: dict[TopicPartition, int],
-    ) -> None:
-        sends: list[asyncio.Future[object]] = []
+    ) -> dict[TopicPartition, int]:
+        """Commit `outputs` and `offsets`; returns, per partition written, the offset after the
+        last record written there (where a later read of only what followed can start)."""
+        sends: list[asyncio.Future[Any]] = []
+        written: dict[TopicPartition, int] = {}
         try:
             async with producer.transaction():
                 for o in outputs:
@@ -320,11 +324,13 @@ class PartitionTask:
                         await producer.send(o.topic, o.value, key=o.key, partition=o.partition)
                     )
                 await producer.send_offsets_to_transaction(offsets, self.runner.group)
-                if sends:
-                    await asyncio.gather(*sends)
+                for meta in await asyncio.gather(*sends):
+                    tp = TopicPartition(meta.topic, meta.partition)
+                    written[tp] = max(written.get(tp, 0), meta.offset + 1)
         finally:
             for sent in sends:  # a failed transaction fails them all: one error is enough
                 sent.add_done_callback(_retrieve)
+        return written
 
     async def _close_producer(self) -> None:
         producer, self.producer = self.producer, None
@@ -333,7 +339,7 @@ class PartitionTask:
                 await asyncio.wait_for(producer.stop(), 10)
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

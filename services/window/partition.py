@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import TopicPartition
@@ -220,10 +220,13 @@ class WindowPartition:
     def _outgoing(self, output: Output) -> Outgoing:
         return Outgoing(self._topics[output.topic], output.key, output.value)
 
-    def committed(self) -> None:
+    def committed(self, written: Mapping[TopicPartition, int]) -> None:
         batch, self._batch = self._batch, None
         if batch is None:
             return
+        for tp in self.positions:  # only this partition's producer writes its changelogs
+            if tp in written:
+                self.positions[tp] = max(self.positions[tp], written[tp])
         for key, raw in batch.encoded.items():
             self.users[key] = raw
             self.cache.remember(key, raw, batch.users[key])

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from schemas.decision import decode_decision_record
 from schemas.events import PolicyEnforcement, encode_event
 from schemas.request import SendRequest, encode_request
@@ -97,7 +99,7 @@ def test_a_batch_writes_its_outputs_and_one_changelog_record_per_changed_user() 
     assert decode_decision_record(decision.value or b"").decision.allowed
     assert len(by_topic(outputs, "t.events")) == 1  # RequestDecided, for the replay
     assert h.partition.get_user(KEY) is None  # nothing is the state before the commit
-    h.partition.committed()
+    h.partition.committed({})
     stored = h.partition.get_user(KEY)
     assert stored is not None and stored == decode_stored_user(changelog[0].value or b"")
     assert [d.request_id for d in stored.state.decisions] == ["r1"]
@@ -112,7 +114,7 @@ def test_a_batch_writes_its_outputs_and_one_changelog_record_per_changed_user() 
 def test_a_rolled_back_batch_leaves_no_trace_and_its_token_is_granted_again() -> None:
     h = Harness()
     h.partition.process([h.event(otn(T0))])
-    h.partition.committed()
+    h.partition.committed({})
     first = h.partition.process([h.request("r1", purpose="otn", topic="restock")])
     [granted] = by_topic(first, "t.decisions")
     assert decode_decision_record(granted.value or b"").decision.token == "otn-1"
@@ -128,7 +130,7 @@ def test_a_rolled_back_batch_leaves_no_trace_and_its_token_is_granted_again() ->
 def test_only_a_clean_release_keeps_the_state() -> None:
     h = Harness()
     h.partition.process([h.event(message(T0))])
-    h.partition.committed()
+    h.partition.committed({})
     h.partition.released(clean=True)
     assert h.partition.keep and h.partition.get_user(KEY) is not None
     h.partition.released(clean=False)  # fenced or failed: it may be stale
@@ -146,8 +148,17 @@ def test_a_page_writer_reads_its_own_writes_over_a_lagging_replica() -> None:
     [page_record] = by_topic(outputs, "t.window-pages-changelog")
     assert page_record.partition == page_partition
     assert decode_page_state(page_record.value or b"").restricted
-    h.partition.committed()
+    h.partition.committed({})
     h.replica[PAGE_KEY] = PageState(page_id=PAGE)  # the replica has not caught up yet
     refused = h.partition.process([h.request("r1", purpose="response")])
     [decision] = by_topic(refused, "t.decisions")
     assert decode_decision_record(decision.value or b"").decision.reason == "page_restricted"
+
+
+def test_a_commit_moves_the_catch_up_point_past_the_partitions_own_changelog_records() -> None:
+    h = Harness()
+    changelog = TopicPartition("t.window-users-changelog", N)
+    h.partition.positions = {changelog: 5}  # restored up to 5
+    h.partition.process([h.event(message(T0))])
+    h.partition.committed({changelog: 9, TopicPartition("t.decisions", N): 3})
+    assert h.partition.positions == {changelog: 9}  # a clean re-acquire reads from 9 on
