@@ -41,7 +41,7 @@ from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
     ConsumerProtocolMemberMetadata,
 )
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,8 @@ class PartitionTask:
             except ProducerFenced:
                 self.fenced = True
                 self.clean = False
+                self.ready.clear()
+                self.queue.clear()
                 log.warning(
                     "partition %d: fenced by a newer owner (%s); letting it go",
                     self.partition,
@@ -391,7 +393,7 @@ class PartitionedRunner:
         self.rebalancing = True
         self._running = False
         self._paused: set[int] = set()
-        self._lost: set[int] = set()
+        self._lost: dict[int, asyncio.Task[None]] = {}
 
     # ---- life cycle ---------------------------------------------------------------------------
 
@@ -418,16 +420,22 @@ class PartitionedRunner:
             raise RuntimeError("start() first")
         high = self.batch * 8
         while self._running:
-            batches = await consumer.getmany(timeout_ms=100, max_records=self.batch * 4)
+            try:
+                batches = await consumer.getmany(timeout_ms=100, max_records=self.batch * 4)
+            except KafkaError as exc:  # the broker is away; the consumer reconnects by itself
+                log.warning("consumer: %r; polling again in 1 s", exc)
+                await asyncio.sleep(1.0)
+                continue
             for tp, records in batches.items():
                 task = self.tasks.get(tp.partition)
                 if task is not None:
                     task.feed(records)
             self._back_pressure(high)
-            await self._replace_lost()
 
     async def stop(self) -> None:
         self._running = False
+        for pending in self._lost.values():
+            pending.cancel()
         await self.revoke(set(self.tasks))
         if self.consumer is not None:
             with contextlib.suppress(Exception):
@@ -464,24 +472,24 @@ class PartitionedRunner:
 
     def partition_lost(self, partition: int) -> None:
         """Fenced: someone else owns it now; the group will tell us, or we retry it later."""
-        self._lost.add(partition)
+        task = self.tasks.get(partition)
+        if task is not None:
+            self._lost[partition] = asyncio.create_task(self._replace_lost(partition, task))
 
-    async def _replace_lost(self) -> None:
-        for n in list(self._lost):
-            self._lost.discard(n)
-            task = self.tasks.pop(n, None)
-            if task is None:
-                continue
-            await task.stop()
-            self.logics.pop(n, None)
-            self.hooks.on_released({n})
-            # The group still says it is ours (else a rebalance would have revoked it): the fencer
-            # is a stale owner that will be thrown out. Acquire it again, fencing that one.
-            await asyncio.sleep(1.0)
-            if self._running and self.consumer is not None:
-                owned = {tp.partition for tp in self.consumer.assignment()}
-                if n in owned and n not in self.tasks:
-                    self.assign({n})
+    async def _replace_lost(self, n: int, task: PartitionTask) -> None:
+        # Give the group a moment: a rebalance that takes the partition away revokes it.
+        await asyncio.sleep(2.0)
+        self._lost.pop(n, None)
+        if self.tasks.get(n) is not task or not self._running or self.consumer is None:
+            return
+        self.tasks.pop(n)
+        await task.stop()
+        self.logics.pop(n, None)
+        self.hooks.on_released({n})
+        # The group still says it is ours: the fencer is a stale owner that the group has thrown
+        # out (or soon will). Acquire it again, fencing that one and re-reading its writes.
+        if n in {tp.partition for tp in self.consumer.assignment()} and n not in self.tasks:
+            self.assign({n})
 
     def _back_pressure(self, high: int) -> None:
         consumer = self.consumer
