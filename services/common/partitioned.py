@@ -321,11 +321,14 @@ class PartitionTask:
         written: dict[TopicPartition, int] = {}
         try:
             async with producer.transaction():
+                # Offsets first: Kafka 4 verifies one request per transactional id at a time
+                # (KIP-890), and an offset commit verified while a produce is being verified
+                # fails that produce with a retried NotEnoughReplicasError.
+                await producer.send_offsets_to_transaction(offsets, self.runner.group)
                 for o in outputs:
                     sends.append(
                         await producer.send(o.topic, o.value, key=o.key, partition=o.partition)
                     )
-                await producer.send_offsets_to_transaction(offsets, self.runner.group)
                 for meta in await asyncio.gather(*sends):
                     tp = TopicPartition(meta.topic, meta.partition)
                     written[tp] = max(written.get(tp, 0), meta.offset + 1)
