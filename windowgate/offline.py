@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from schemas.decision import Decision
-from schemas.events import Event, RequestDecided, TokenSpent, event_key
+from schemas.events import Event, TokenSpent, event_key
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
-from windowgate.decide import decide
-from windowgate.fold import empty_state, fold, fold_page, is_page_event
+from windowgate.fold import fold, fold_page, is_page_event
 from windowgate.normalise import Unsupported, normalise
 from windowgate.rulebook import RuleBook
+from windowgate.transition import apply_event as fold_user
+from windowgate.transition import decide_request
 
 __all__ = ["TOKEN_MECHANISMS", "OfflineGateway"]
 
@@ -48,9 +49,7 @@ class OfflineGateway:
             page = self.pages.get(event.page_id) or PageState(page_id=event.page_id)
             self.pages[event.page_id] = fold_page(page, event)
             return
-        key = event.key
-        state = self.users.get(key)
-        self.users[key] = fold(state if state is not None else empty_state(event), event)
+        self.users[event.key] = fold_user(self.users.get(event.key), event)
 
     def apply_events(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -77,26 +76,12 @@ class OfflineGateway:
     def decide(self, request: SendRequest, now: int) -> Decision:
         """Decide `request` at `now` (epoch ms) and record the decision (and any token spend)."""
         key = request.key
-        state = self.users.get(key)
-        if state is None:
-            state = UserState(
-                page_id=request.page_id, user_id=request.user_id, platform=request.platform
-            )
-        decision = decide(state, request, now, self.rules, self.pages.get(request.page_id))
-        if decision.duplicate:
-            return decision
-        platform = state.platform
-        state = fold(
-            state,
-            RequestDecided(
-                page_id=request.page_id,
-                user_id=request.user_id,
-                timestamp=now,
-                platform=platform,
-                dedup_key=f"decided:{decision.request_id}",
-                decision=decision,
-            ),
+        decided = decide_request(
+            self.users.get(key), request, now, self.rules, self.pages.get(request.page_id)
         )
+        decision, state, platform = decided.decision, decided.state, decided.state.platform
+        if decided.event is None:
+            return decision
         if decision.allowed and decision.token and decision.mechanism in TOKEN_MECHANISMS:
             state = fold(
                 state,

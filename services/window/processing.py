@@ -33,14 +33,15 @@ from aiokafka.partitioner import murmur2
 
 from schemas.codec import SchemaError
 from schemas.decision import Decision, DecisionRecord, encode_decision_record
-from schemas.events import Event, RequestDecided, decode_event, encode_event, event_key
+from schemas.events import Event, decode_event, encode_event, event_key
 from schemas.request import SendRequest, decode_request
 from schemas.state import PageState, UserState
 from services.common.deadletter import dead_letter_record
 from services.window.store import NO_OFFSET, StoredUser, Tables
-from windowgate.decide import decide
-from windowgate.fold import empty_state, fold, fold_page, is_page_event
+from windowgate.fold import empty_state, fold_page, is_page_event
 from windowgate.rulebook import RuleBook
+from windowgate.transition import apply_event as fold_user
+from windowgate.transition import decide_request, decided_event
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def apply_event(tables: Tables, event: Event) -> UserState | None:
         return None
     stored = tables.get_user(key)
     state = stored.state if stored is not None else empty_state(event)
-    folded = fold(state, event)
+    folded = fold_user(state, event)
     if folded is state or folded == state:
         return None
     offset = stored.request_offset if stored is not None else NO_OFFSET
@@ -190,18 +191,6 @@ def process_event_record(
 # ---- send requests -------------------------------------------------------------------------------
 
 
-def decided_event(decision: Decision, platform: Any) -> RequestDecided:
-    """The event that records `decision` in the events topic (its time is the decision's)."""
-    return RequestDecided(
-        page_id=decision.page_id,
-        user_id=decision.user_id,
-        timestamp=decision.decided_at,
-        platform=platform,
-        dedup_key=f"decided:{decision.request_id}",
-        decision=decision,
-    )
-
-
 def _decision_outputs(
     key: bytes, decision: Decision, request: SendRequest, platform: Any
 ) -> tuple[Output, ...]:
@@ -234,21 +223,14 @@ def process_request_record(
         stored = tables.get_user(user_key)
         if stored is not None and source.offset <= stored.request_offset:
             return _replayed(stored.state, request, user_key, source)
-        state = (
-            stored.state
-            if stored is not None
-            else UserState(
-                page_id=request.page_id, user_id=request.user_id, platform=request.platform
-            )
-        )
         page = tables.get_page(event_key(request.page_id, "").encode())
-        decision = decide(state, request, now, rules, page)
-        outputs = _decision_outputs(user_key, decision, request, state.platform)
-        if decision.duplicate:
+        state = stored.state if stored is not None else None
+        decided = decide_request(state, request, now, rules, page)
+        outputs = _decision_outputs(user_key, decided.decision, request, decided.state.platform)
+        if decided.event is None:
             return Result("duplicate", outputs)
-        folded = fold(state, decided_event(decision, state.platform))
-        tables.put_user(user_key, StoredUser(folded, source.offset))
-        return Result("decided", outputs, changed=folded)
+        tables.put_user(user_key, StoredUser(decided.state, source.offset))
+        return Result("decided", outputs, changed=decided.state)
 
     return _guarded(step, key, value, source, now)
 
