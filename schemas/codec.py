@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import orjson
@@ -163,14 +163,21 @@ def _plan(cls: type[Any]) -> Plan:
     return plan
 
 
+def did_you_mean(name: str, candidates: Sequence[str], *, case_sensitive: bool = True) -> str:
+    """The hint ` (did you mean 'x'?)` for the candidate closest to a misspelt `name`, or ""."""
+    fold = (lambda text: text) if case_sensitive else str.lower
+    by_key = {fold(c): c for c in candidates}
+    close = difflib.get_close_matches(fold(name), list(by_key), n=1)
+    return f" (did you mean {by_key[close[0]]!r}?)" if close else ""
+
+
 def _unknown_key(cls: type[Any], data: dict[Any, Any], known: frozenset[str], path: str) -> None:
     """Raise a SchemaError naming the first key of `data` that `cls` does not have."""
     unknown = [str(key) for key in data if key not in known]
     if not unknown:
         return
     fields = sorted(known - ENVELOPE_KEYS)
-    close = difflib.get_close_matches(unknown[0], fields, n=1)
-    problem = f"unknown field (did you mean {close[0]!r}?)" if close else "unknown field"
+    problem = "unknown field" + did_you_mean(unknown[0], fields)
     if len(unknown) > 1:
         problem += f"; also unknown: {', '.join(unknown[1:])}"
     raise SchemaError(_join(path, unknown[0]), f"{problem}; {cls.__name__} has {', '.join(fields)}")

@@ -13,6 +13,7 @@ outcome from the dispatch log. This process only waits for them.
   user's last decisions (`GET /v1/pages/{page}/users/{user}`).
 - `POST /{version}/me/messages`, `POST /{version}/{page_id}/messages`: Meta's own body and the
   page's own access token; allowed → Meta's answer to the forwarded call, refused → Meta's error.
+  windowgate's own extensions are `X-Windowgate-*` headers; an unknown one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from services.dispatcher.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.proxy import (
     ProxyAsk,
     ProxyError,
+    check_extension_headers,
     forwarded,
     meta_error,
     parse_body,
@@ -280,6 +282,7 @@ class DispatcherApi:
     async def proxy(self, request: web.Request) -> web.Response:
         trace = f"windowgate-{uuid.uuid4().hex[:12]}"
         try:
+            check_extension_headers(request.headers.keys())
             body = await self._meta_body(request)
             page_id = self._page_for(
                 request.match_info.get("page_id"), self._token_of(request, body)

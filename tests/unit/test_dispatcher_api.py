@@ -246,6 +246,31 @@ async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
     assert window.published[-1].human_author == "ana@example.com"
 
 
+async def test_proxy_refuses_an_unknown_windowgate_header_naming_it(setup: Any) -> None:
+    client, window = setup
+    body = {
+        "recipient": {"id": USER},
+        "messaging_type": "MESSAGE_TAG",
+        "tag": "HUMAN_AGENT",
+        "message": {"text": "a person here"},
+    }
+    url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
+    # Ignored, the misspelt header would send the request without its human author.
+    response = await client.post(url, json=body, headers={"X-Windowgate-Human-Autor": "ana"})
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"]["code"] == 100
+    assert (
+        "X-Windowgate-Human-Autor (did you mean 'X-Windowgate-Human-Author'?)"
+        in (answer["error"]["message"])
+    )
+    assert answer["windowgate"]["reason"] == "invalid_request"
+    assert window.published == []
+    headers = {"x-windowgate-human-author": "ana", "X-WINDOWGATE-REQUEST-ID": "rq-1"}
+    await client.post(url, json=body, headers=headers)  # header names are case-insensitive
+    assert (window.published[-1].human_author, window.published[-1].request_id) == ("ana", "rq-1")
+
+
 async def test_proxy_form_encoded_body(setup: Any) -> None:
     client, window = setup
     form = {
