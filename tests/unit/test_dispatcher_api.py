@@ -41,11 +41,14 @@ class Window:
     deliver: bool = True
     decide: bool = True
     broker_down: bool = False
+    broker_frozen: bool = False
     published: list[SendRequest] = field(default_factory=list)
 
     async def publish(self, request: SendRequest) -> None:
         if self.broker_down:
             raise ConnectionError("KafkaConnectionError: no broker")
+        if self.broker_frozen:  # a producer waiting for a broker that never answers
+            await asyncio.Event().wait()
         self.published.append(request)
         if not self.decide:
             return
@@ -156,12 +159,24 @@ async def test_no_decision_in_time_is_202_with_a_link(setup: Any) -> None:
     [
         ({"page_id": PAGE, "user_id": USER}, "request_id"),
         (send_request("r", purpose="x"), "purpose"),
+        (send_request("r", purpse="otn", topc="x"), "purpse"),
+        (send_request("r", message={"text": "hi"}, priority="high"), "priority"),
     ],
 )
 async def test_bad_request_is_400_naming_the_field(setup: Any, body: Any, field_name: str) -> None:
     client, window = setup
     response = await client.post("/v1/messages", json=body, headers=AUTH)
     assert response.status == 400 and (await response.json())["field"] == field_name
+    assert window.published == []
+
+
+async def test_a_misspelt_field_is_refused_never_decided_as_auto(setup: Any) -> None:
+    client, window = setup
+    body = send_request("r-typo", purpse="otn", topc="restock")
+    answer = await (await client.post("/v1/messages", json=body, headers=AUTH)).json()
+    assert answer["error"] == "invalid_request"
+    assert "unknown field (did you mean 'purpose'?)" in answer["detail"]
+    assert "also unknown: topc" in answer["detail"]
     assert window.published == []
 
 
@@ -178,10 +193,30 @@ async def test_kafka_down_is_503(setup: Any) -> None:
     window.broker_down = True
     response = await client.post("/v1/messages", json=send_request("r7"), headers=AUTH)
     assert response.status == 503
-    assert "not accepted" in (await response.json())["detail"]
+    assert response.headers["Retry-After"] == "1"  # wait_s 0.3, rounded up to whole seconds
+    answer = await response.json()
+    assert "not accepted" in answer["detail"] and "same request_id" in answer["detail"]
+    assert answer["request_id"] == "r7"
     body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
     proxied = await client.post(f"/v25.0/me/messages?access_token={PAGE_TOKEN}", json=body)
     assert proxied.status == 503 and (await proxied.json())["error"]["code"] == 2
+    assert proxied.headers["Retry-After"] == "1"
+
+
+async def test_a_broker_that_never_answers_is_503_within_the_wait(setup: Any) -> None:
+    """A producer does not fail while the broker is frozen: it waits. The caller must not."""
+    client, window = setup
+    window.broker_frozen = True
+    # The bound only stops a hang from hanging the suite; the API's own wait is 0.3 s.
+    response = await asyncio.wait_for(
+        client.post("/v1/messages", json=send_request("r-frozen"), headers=AUTH), 10
+    )
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert "within 0.3 s" in (await response.json())["detail"]
+    body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
+    url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
+    proxied = await asyncio.wait_for(client.post(url, json=body), 10)
+    assert proxied.status == 503 and proxied.headers["Retry-After"] == "1"
 
 
 # ---- the proxy ----------------------------------------------------------------------------------
