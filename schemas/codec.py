@@ -2,14 +2,20 @@
 
 One generic decoder driven by the dataclasses' own annotations, so a new field is declared once and
 validated everywhere. Every failure is a `SchemaError` that names the offending field by its path.
+
+Unknown keys are a per-type choice. A type that declares `WIRE_STRICT = True` refuses them, naming
+the key (input people and other services write, where a misspelt field must never be read as its
+default: SendRequest). Every other type ignores them, so records a newer windowgate wrote (events,
+stored states, decisions) stay readable by an older one during a rolling deploy or a replay.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import orjson
@@ -28,8 +34,13 @@ class SchemaError(ValueError):
         super().__init__(f"{field}: {problem}" if field else problem)
 
 
+ENVELOPE_KEYS = frozenset({"v"})
+"""Keys the wire puts around a strict type's own fields (the version): never unknown."""
+
 Decoder = Callable[[Any, str], Any]
-_PLANS: dict[type[Any], tuple[tuple[str, Decoder, bool, str], ...]] = {}
+Plan = tuple[tuple[str, Decoder, bool, str], ...]
+_PLANS: dict[type[Any], Plan] = {}
+_KNOWN: dict[type[Any], frozenset[str] | None] = {}
 
 
 def _type_name(value: Any) -> str:
@@ -123,7 +134,12 @@ def aliases_of(cls: type[Any]) -> dict[str, str]:
     return dict(getattr(cls, "WIRE_ALIASES", {}))
 
 
-def _plan(cls: type[Any]) -> tuple[tuple[str, Decoder, bool, str], ...]:
+def is_strict(cls: type[Any]) -> bool:
+    """Whether `cls` refuses unknown keys (it declares `WIRE_STRICT = True`)."""
+    return getattr(cls, "WIRE_STRICT", False) is True
+
+
+def _plan(cls: type[Any]) -> Plan:
     plan = _PLANS.get(cls)
     if plan is None:
         hints = get_type_hints(cls)
@@ -139,15 +155,45 @@ def _plan(cls: type[Any]) -> tuple[tuple[str, Decoder, bool, str], ...]:
             if f.init
         )
         _PLANS[cls] = plan
+        _KNOWN[cls] = (
+            ENVELOPE_KEYS | {name for name, *_ in plan} | {alias for *_, alias in plan}
+            if is_strict(cls)
+            else None
+        )
     return plan
 
 
+def did_you_mean(name: str, candidates: Sequence[str], *, case_sensitive: bool = True) -> str:
+    """The hint ` (did you mean 'x'?)` for the candidate closest to a misspelt `name`, or ""."""
+    fold = (lambda text: text) if case_sensitive else str.lower
+    by_key = {fold(c): c for c in candidates}
+    close = difflib.get_close_matches(fold(name), list(by_key), n=1)
+    return f" (did you mean {by_key[close[0]]!r}?)" if close else ""
+
+
+def _unknown_key(cls: type[Any], data: dict[Any, Any], known: frozenset[str], path: str) -> None:
+    """Raise a SchemaError naming the first key of `data` that `cls` does not have."""
+    unknown = [str(key) for key in data if key not in known]
+    if not unknown:
+        return
+    fields = sorted(known - ENVELOPE_KEYS)
+    problem = "unknown field" + did_you_mean(unknown[0], fields)
+    if len(unknown) > 1:
+        problem += f"; also unknown: {', '.join(unknown[1:])}"
+    raise SchemaError(_join(path, unknown[0]), f"{problem}; {cls.__name__} has {', '.join(fields)}")
+
+
 def decode_as(cls: type[T], data: Any, path: str = "") -> T:
-    """Build `cls` from decoded JSON, checking every field; unknown keys are ignored."""
+    """Build `cls` from decoded JSON, checking every field; unknown keys are refused when `cls`
+    is strict (`WIRE_STRICT`), ignored otherwise."""
     if not isinstance(data, dict):
         raise SchemaError(path, f"expected an object, got {_type_name(data)}")
+    plan = _plan(cls)
+    known = _KNOWN[cls]
+    if known is not None and not known.issuperset(data):
+        _unknown_key(cls, data, known, path)
     kwargs: dict[str, Any] = {}
-    for name, dec, required, alias in _plan(cls):
+    for name, dec, required, alias in plan:
         if name in data:
             kwargs[name] = dec(data[name], _join(path, name))
         elif alias in data:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
 from schemas.events import event_key
@@ -12,6 +12,11 @@ from schemas.types import Platform, Purpose
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendRequest:
+    """Strict on the wire: an unknown field (`purpse`) is an error naming it, never a default
+    silently taken in its place (that would change the decision)."""
+
+    WIRE_STRICT: ClassVar[bool] = True
+
     request_id: str
     page_id: str
     user_id: str
@@ -45,6 +50,11 @@ def encode_request(request: SendRequest) -> bytes:
 
 
 def request_from_wire(data: Any, path: str = "") -> SendRequest:
+    if isinstance(data, dict) and data.get("v", WIRE_VERSION) != WIRE_VERSION:
+        where = f"{path}.v" if path else "v"
+        raise SchemaError(
+            where, f"unsupported wire version {data['v']!r} (expected {WIRE_VERSION})"
+        )
     return decode_as(SendRequest, data, path)
 
 

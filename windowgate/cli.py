@@ -24,6 +24,7 @@ import orjson
 
 from schemas.codec import SchemaError
 from schemas.decision import encode_decision
+from schemas.events import Event
 from schemas.request import SendRequest, request_from_wire
 from windowgate.offline import OfflineGateway
 from windowgate.pages import load_pages
@@ -139,19 +140,43 @@ def _file_error(what: str, path: str | None, exc: SchemaError) -> InputError:
 
 # ---- windowgate decide ---------------------------------------------------------------------------
 
+LATER_SHOWN = 5
+"""How many of the webhook events later than `now` are listed one by one."""
+
+
+def _warn_later(later: list[tuple[str, Event]], now: int, what: str) -> None:
+    """The events after `now`: not folded, since the state at `now` cannot know of them."""
+    count = len(later)
+    _warn(
+        f"{count} webhook event{'s' if count > 1 else ''} later than {what} "
+        f"({ms_to_iso(now)}) not folded:"
+    )
+    for where, event in later[:LATER_SHOWN]:
+        who = f"user {event.user_id}" if event.user_id else "the page"
+        _warn(
+            f"{where}: {event.KIND} of {who} on page {event.page_id} "
+            f"at {ms_to_iso(event.timestamp)} ({event.dedup_key})"
+        )
+    if count > LATER_SHOWN:
+        _warn(f"... and {count - LATER_SHOWN} more")
+
 
 def _cmd_decide(args: argparse.Namespace, out: TextIO) -> int:
     now = _wall_clock_ms() if args.now is None else _parse_time(args.now, "--now")
     book = _load_book(args.rules, args.pages)
     gateway = OfflineGateway(book)
 
+    later: list[tuple[str, Event]] = []
     for where, body in _json_lines(args.webhooks, "webhooks"):
         try:
-            unsupported = gateway.apply_webhook(body)
+            applied = gateway.apply_webhook(body, now)
         except SchemaError as exc:
             raise InputError(where, f"not a webhook body: {exc}") from None
-        for item in unsupported:
+        for item in applied.unsupported:
             _warn(f"{where}: {item.path}: ignored: {item.reason}")
+        later += [(where, event) for event in applied.later]
+    if later:
+        _warn_later(later, now, "--now" if args.now is not None else "the current time")
 
     # Read every request before deciding any, so malformed input prints no decision at all.
     requests: list[SendRequest] = []
@@ -353,7 +378,8 @@ would, and print one Decision JSON per request line.
 An allowed OTN / recurring / marketing decision spends its token (the next request for that topic
 is refused with token_spent); a repeated request_id gets its first decision back, marked
 "duplicate": true. Webhook elements windowgate does not understand are reported on stderr as
-warnings and skipped.
+warnings and skipped, and so are webhook events later than --now (the state at --now cannot know
+what a user does after it). A request field windowgate does not know is an error, never ignored.
 
 exit status: 0 when every request got a decision, allowed or refused; 2 on malformed input
 (the message names the file, the line and the field)."""

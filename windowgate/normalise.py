@@ -11,7 +11,12 @@ Contract (platform-rules §1 "Time", §3, §4, §6):
   `standby=True` where the event type has that field. `changes[]` (feed / comments) is reported as
   `Unsupported` per change until private replies exist.
 - `timestamp` is Meta's own, in epoch ms (seconds and digit strings accepted, see `to_epoch_ms`);
-  missing → the entry's `time` → the read / delivery watermark → `Unsupported`.
+  missing or 0 → the entry's `time` → the read / delivery watermark → `Unsupported`.
+- Every element but an echo is addressed to the entry's page: a `recipient.id` that is another
+  page is `Unsupported`. The user is the sender (the recipient of an echo) and must be a Meta id,
+  digits only (PSIDs and Instagram-scoped ids alike); a plugin opt-in without one uses `user_ref`.
+- An Instagram read (`messaging_seen`) names the `mid` it saw instead of a watermark: it is read as
+  a read up to the element's time.
 - An element's kind is the key that names it (`message`, `postback`, …); auxiliary keys next to a
   kind (`lead` of a lead-ads referral, `prior_message`, …) are ignored. An element with two kind
   keys yields two events; one with none is `Unsupported`, naming the keys seen.
@@ -27,7 +32,7 @@ mids and tokens are globally unique, and page ids differ between Messenger and I
     postback             pb:{mid}  |  without mid: pb:{page}:{user}:{timestamp}:{payload}
     reaction             rx:{page}:{user}:{mid}:{action}:{reaction}:{timestamp}
     referral             ref:{page}:{user}:{timestamp}:{source}:{ref}
-    read                 read:{page}:{user}:{watermark}
+    read                 read:{page}:{user}:{watermark}  |  Instagram, no watermark: readmid:{mid}
     delivery             dlv:{page}:{user}:{watermark}
     message_edit         edit:{mid}:{num_edit}  |  without num_edit: edit:{mid}:{timestamp}
     otn_optin            otn:{token}
@@ -37,7 +42,7 @@ mids and tokens are globally unique, and page ids differ between Messenger and I
     thread_control       tc:{page}:{user}:{action}:{timestamp}
     plugin_optin         po:{page}:{user}:{timestamp}:{ref}
 
-Speed: one pass, a dict from element key to one small parser per kind, no regexes, no copies
+Speed: one pass, a dict from element key to one small builder per kind, no regexes, no copies
 (the ingest benchmark needs ≥ 20,000 bodies/s on one core).
 """
 
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from schemas.codec import SchemaError
 from schemas.events import (
@@ -116,12 +121,39 @@ class Normalised:
     unsupported: tuple[Unsupported, ...] = ()
 
 
-# A parser gets (value under its key, whole element, page id, platform, timestamp or None, standby)
-# and returns the event, or the reason (a sentence) why the element is unsupported.
-Parser = Callable[[Any, dict[str, Any], str, Platform, int | None, bool], Event | str]
+@dataclass(frozen=True, slots=True)
+class _Element:
+    """One element being read: where it came from, and its time (the entry's when it has none)."""
+
+    raw: dict[str, Any]
+    page: str
+    platform: Platform
+    ts: int | None
+    standby: bool
+
+
+# A builder gets (value under its key, the element, the user id, the time) once `_who` has found
+# a usable user and time, and returns the event, or the reason (a sentence) it cannot be one.
+Builder = Callable[[dict[str, Any], _Element, str, int], Event | str]
+
+UserSource = Literal["sender", "recipient", "sender_or_user_ref", "page"]
+"""Where an event's user comes from: the sender (most kinds), the recipient (echoes: the page
+sent them), the sender or else `optin.user_ref` (plugin opt-ins), or nobody (page-wide events)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How one kind of element is read: where its user comes from, and its builder."""
+
+    build: Builder
+    user: UserSource = "sender"
+    watermark_time: bool = False  # reads / deliveries: the watermark stands in for a missing time
+
+
+# The key that names an element's kind → the `_Kind` to read its value with (or why none fits).
+Select = Callable[[dict[str, Any]], "_Kind | str"]
 
 _NO_TIMESTAMP = "the element has no usable `timestamp` and its entry no usable `time`"
-_NO_SENDER = "the element has no usable `sender.id`"
 
 
 # ---- small helpers -------------------------------------------------------------------------------
@@ -134,6 +166,17 @@ def _id(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_ID:
         return str(value)
     return None
+
+
+def _meta_id(value: str) -> bool:
+    """PSIDs, Instagram-scoped ids and page ids are all digits; anything else is not Meta's."""
+    return value.isascii() and value.isdigit()
+
+
+def _time(value: Any) -> int | None:
+    """A Meta time as epoch ms; 0 is "no time" (producers write it for unset), never 1970."""
+    ms = to_epoch_ms(value)
+    return ms or None
 
 
 def _str(value: Any) -> str | None:
@@ -155,8 +198,10 @@ def _brief(value: Any) -> str:
 
 
 def _referral(value: Any) -> Referral | None:
-    if not isinstance(value, dict):
-        return None
+    return _referral_of(value) if isinstance(value, dict) else None
+
+
+def _referral_of(value: dict[str, Any]) -> Referral:
     return Referral(
         source=_str(value.get("source")),
         type=_str(value.get("type")),
@@ -169,26 +214,47 @@ def _not_object(key: str, value: Any) -> str:
     return f"`{key}` should be an object but is {_brief(value)}"
 
 
-# ---- one parser per event kind -------------------------------------------------------------------
+def _who(kind: _Kind, value: dict[str, Any], el: _Element) -> tuple[str, int] | str:
+    """The user and the time of the element's event, or why it has none: the one place the
+    sender, recipient and timestamp guards live."""
+    element = el.raw
+    if kind.user != "recipient" and "recipient" in element:
+        # Everything but an echo is addressed to the page; another page's element must not open
+        # a window (or block sends) for this one.
+        recipient = _party_id(element, "recipient")
+        if recipient != el.page:
+            return (
+                f"`recipient.id` {_brief(recipient)} is not the entry's page {el.page}: "
+                "the element was not addressed to this page"
+            )
+    role = "recipient" if kind.user == "recipient" else "sender"
+    user = "" if kind.user == "page" else _party_id(element, role)
+    if user is None and kind.user == "sender_or_user_ref":
+        user = _str(value.get("user_ref"))
+        if not user:
+            return "plugin `optin` has neither `sender.id` nor `optin.user_ref`"
+    elif user is None:
+        return f"the element has no usable `{role}.id`"
+    elif user and not _meta_id(user):
+        return (
+            f"`{role}.id` {_brief(user)} is not a Meta id "
+            "(page-scoped and Instagram-scoped ids are digits only)"
+        )
+    ts = el.ts
+    if ts is None and kind.watermark_time:
+        ts = _time(value.get("watermark"))
+    if ts is None:
+        return _NO_TIMESTAMP
+    return user, ts
 
 
-def _message(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    """`message`: a user message, or (with `is_echo`) the page's own message echoed back."""
-    if not isinstance(value, dict):
-        return _not_object("message", value)
-    echo = value.get("is_echo")
-    if echo is not None and echo is not False:
-        return _echo(value, element, page, platform, ts)
+# ---- one builder per event kind ------------------------------------------------------------------
+
+
+def _message(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     mid = _str(value.get("mid"))
     if not mid:
         return "`message` has no `mid`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
     quick_reply = value.get("quick_reply")
     reply_to = value.get("reply_to")
     attachments = value.get("attachments")
@@ -199,10 +265,10 @@ def _message(
         )
     deleted = value.get("is_deleted") is True
     return MessageReceived(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
+        platform=el.platform,
         dedup_key=f"msgdel:{mid}" if deleted else f"msg:{mid}",
         deleted=deleted,
         mid=mid,
@@ -213,67 +279,47 @@ def _message(
         attachment_types=types,
         referral=_referral(value.get("referral")),
         reply_to_mid=_str(reply_to.get("mid")) if isinstance(reply_to, dict) else None,
-        standby=sb,
+        standby=el.standby,
     )
 
 
-def _echo(
-    value: dict[str, Any], element: dict[str, Any], page: str, platform: Platform, ts: int | None
-) -> Event | str:
+def _echo(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     """The sender of an echo is the page itself: the user is the recipient."""
     mid = _str(value.get("mid"))
     if not mid:
         return "echoed `message` has no `mid`"
-    user = _party_id(element, "recipient")
-    if user is None:
-        return "the echo has no usable `recipient.id`"
-    if ts is None:
-        return _NO_TIMESTAMP
     return MessageEcho(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
+        platform=el.platform,
         dedup_key=f"echo:{mid}",
         mid=mid,
         app_id=_id(value.get("app_id")),
     )
 
 
-def _postback(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    if not isinstance(value, dict):
-        return _not_object("postback", value)
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
+def _postback(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     payload = _str(value.get("payload"))
     mid = _str(value.get("mid"))
     return PostbackReceived(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
-        dedup_key=f"pb:{mid}" if mid else f"pb:{page}:{user}:{ts}:{payload or ''}",
+        platform=el.platform,
+        dedup_key=f"pb:{mid}" if mid else f"pb:{el.page}:{user}:{ts}:{payload or ''}",
         payload=payload,
         title=_str(value.get("title")),
         mid=mid or None,
         referral=_referral(value.get("referral")),
-        standby=sb,
+        standby=el.standby,
     )
 
 
 _REACTION_ACTIONS: Final[dict[str, ReactionAction]] = {"react": "react", "unreact": "unreact"}
 
 
-def _reaction(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    if not isinstance(value, dict):
-        return _not_object("reaction", value)
+def _reaction(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     raw_action = value.get("action")
     action = _REACTION_ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
     if action is None:
@@ -281,114 +327,84 @@ def _reaction(
     mid = _str(value.get("mid"))
     if not mid:
         return "`reaction` has no `mid` (the reacted-to message)"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
     reaction = _str(value.get("reaction"))
     return ReactionReceived(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
-        dedup_key=f"rx:{page}:{user}:{mid}:{action}:{reaction or ''}:{ts}",
+        platform=el.platform,
+        dedup_key=f"rx:{el.page}:{user}:{mid}:{action}:{reaction or ''}:{ts}",
         action=action,
         mid=mid,
         reaction=reaction,
         emoji=_str(value.get("emoji")),
-        standby=sb,
+        standby=el.standby,
     )
 
 
-def _referral_event(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
+def _referral_event(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     """Element-level `referral`: an m.me / ig.me link or an ad into an existing thread."""
-    referral = _referral(value)
-    if referral is None:
-        return _not_object("referral", value)
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
+    referral = _referral_of(value)
     return ReferralReceived(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
-        dedup_key=f"ref:{page}:{user}:{ts}:{referral.source or ''}:{referral.ref or ''}",
+        platform=el.platform,
+        dedup_key=f"ref:{el.page}:{user}:{ts}:{referral.source or ''}:{referral.ref or ''}",
         referral=referral,
-        standby=sb,
+        standby=el.standby,
     )
 
 
-def _read(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    if not isinstance(value, dict):
-        return _not_object("read", value)
-    watermark = to_epoch_ms(value.get("watermark"))
-    if watermark is None:
-        return "`read` has no usable `watermark`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
+def _read(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
+    """Messenger reads carry a watermark (everything before it was read); Instagram's
+    `messaging_seen` only the `mid` it saw, which is a read up to the element's time."""
+    watermark = _time(value.get("watermark"))
+    if watermark is not None:
+        dedup_key = f"read:{el.page}:{user}:{watermark}"
+    else:
+        mid = _str(value.get("mid"))
+        if not mid:
+            return "`read` has neither a usable `watermark` nor a `mid`"
+        watermark, dedup_key = ts, f"readmid:{mid}"
     return MessageRead(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
-        timestamp=watermark if ts is None else ts,
-        platform=platform,
-        dedup_key=f"read:{page}:{user}:{watermark}",
+        timestamp=ts,
+        platform=el.platform,
+        dedup_key=dedup_key,
         watermark=watermark,
     )
 
 
-def _delivery(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    if not isinstance(value, dict):
-        return _not_object("delivery", value)
-    watermark = to_epoch_ms(value.get("watermark"))
+def _delivery(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
+    watermark = _time(value.get("watermark"))
     if watermark is None:
         return "`delivery` has no usable `watermark`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
     mids = value.get("mids")
     return MessageDelivered(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
-        timestamp=watermark if ts is None else ts,
-        platform=platform,
-        dedup_key=f"dlv:{page}:{user}:{watermark}",
+        timestamp=ts,
+        platform=el.platform,
+        dedup_key=f"dlv:{el.page}:{user}:{watermark}",
         watermark=watermark,
         mids=tuple(m for m in mids if isinstance(m, str)) if isinstance(mids, list) else (),
     )
 
 
-def _message_edit(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    if not isinstance(value, dict):
-        return _not_object("message_edit", value)
+def _message_edit(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     mid = _str(value.get("mid"))
     if not mid:
         return "`message_edit` has no `mid`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
     num_edit = value.get("num_edit")
     if isinstance(num_edit, bool) or not isinstance(num_edit, int):
         num_edit = ts
     return MessageEdited(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
+        platform=el.platform,
         dedup_key=f"edit:{mid}:{num_edit}",
         mid=mid,
         text=_str(value.get("text")),
@@ -408,54 +424,28 @@ _FREQUENCIES: Final[dict[str, RecurringFrequency]] = {
 }
 
 
-def _optin(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
-    """`optin`: OTN (§3), recurring opt-in / stop / resume (§4), or a plugin opt-in (no type)."""
-    if not isinstance(value, dict):
-        return _not_object("optin", value)
-    kind = value.get("type")
-    if kind == "one_time_notif_req":
-        return _otn_optin(value, element, page, platform, ts)
-    if kind == "notification_messages":
-        return _recurring(value, element, page, platform, ts)
-    if kind is not None:
-        # A plugin opt-in opens the window (R-WIN-2): never guess that for a type we do not know.
-        return f"`optin.type` {_brief(kind)} is not a known opt-in type"
+def _plugin_optin(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     ref = _str(value.get("ref"))
-    user_ref = _str(value.get("user_ref"))
-    user = _party_id(element, "sender") or user_ref
-    if not user:
-        return "plugin `optin` has neither `sender.id` nor `optin.user_ref`"
-    if ts is None:
-        return _NO_TIMESTAMP
     return PluginOptin(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
-        dedup_key=f"po:{page}:{user}:{ts}:{ref or ''}",
+        platform=el.platform,
+        dedup_key=f"po:{el.page}:{user}:{ts}:{ref or ''}",
         ref=ref,
-        user_ref=user_ref,
+        user_ref=_str(value.get("user_ref")),
     )
 
 
-def _otn_optin(
-    value: dict[str, Any], element: dict[str, Any], page: str, platform: Platform, ts: int | None
-) -> Event | str:
+def _otn_optin(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     token = _str(value.get("one_time_notif_token"))
     if not token:
         return "OTN `optin` has no `one_time_notif_token`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
     return OtnOptin(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
+        platform=el.platform,
         dedup_key=f"otn:{token}",
         token=token,
         topic=_str(value.get("payload")) or "",  # no payload: a token no topic request matches
@@ -463,27 +453,20 @@ def _otn_optin(
     )
 
 
-def _recurring(
-    value: dict[str, Any], element: dict[str, Any], page: str, platform: Platform, ts: int | None
-) -> Event | str:
+def _recurring(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     token = _str(value.get("notification_messages_token"))
     if not token:
         return "recurring `optin` has no `notification_messages_token`"
-    user = _party_id(element, "sender")
-    if user is None:
-        return _NO_SENDER
-    if ts is None:
-        return _NO_TIMESTAMP
     raw_status = value.get("notification_messages_status")
     if raw_status is not None:
         status = _RECURRING_STATUS.get(raw_status.upper()) if isinstance(raw_status, str) else None
         if status is None:
             return f"`notification_messages_status` {_brief(raw_status)} is neither STOP nor RESUME"
         return RecurringStatus(
-            page_id=page,
+            page_id=el.page,
             user_id=user,
             timestamp=ts,
-            platform=platform,
+            platform=el.platform,
             dedup_key=f"rns:{token}:{status}:{ts}",
             token=token,
             status=status,
@@ -492,10 +475,10 @@ def _recurring(
         )
     frequency = value.get("notification_messages_frequency")
     return RecurringOptin(
-        page_id=page,
+        page_id=el.page,
         user_id=user,
         timestamp=ts,
-        platform=platform,
+        platform=el.platform,
         dedup_key=f"rn:{token}:{ts}",
         token=token,
         topic=_str(value.get("payload")),
@@ -510,76 +493,109 @@ def _recurring(
 _ENFORCEMENT_ACTIONS: Final[dict[str, EnforcementAction]] = {"block": "block", "unblock": "unblock"}
 
 
-def _policy_enforcement(
-    value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-) -> Event | str:
+def _policy_enforcement(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
     """Page-wide, so `user_id` is "" (the element carries no sender)."""
-    if not isinstance(value, dict):
-        return _not_object("policy-enforcement", value)
     raw_action = value.get("action")
     action = _ENFORCEMENT_ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
     if action is None:
         return f"policy-enforcement `action` is {_brief(raw_action)}, neither block nor unblock"
-    if ts is None:
-        return _NO_TIMESTAMP
     return PolicyEnforcement(
-        page_id=page,
-        user_id="",
+        page_id=el.page,
+        user_id=user,
         timestamp=ts,
-        platform=platform,
-        dedup_key=f"pe:{page}:{action}:{ts}",
+        platform=el.platform,
+        dedup_key=f"pe:{el.page}:{action}:{ts}",
         action=action,
         reason=_str(value.get("reason")),
     )
 
 
-def _thread_control(action: ThreadControlAction, key: str) -> Parser:
+def _thread_control(action: ThreadControlAction) -> Builder:
     """pass / take / request_thread_control differ only in their action name."""
 
-    def parse(
-        value: Any, element: dict[str, Any], page: str, platform: Platform, ts: int | None, sb: bool
-    ) -> Event | str:
-        if not isinstance(value, dict):
-            return _not_object(key, value)
-        user = _party_id(element, "sender")
-        if user is None:
-            return _NO_SENDER
-        if ts is None:
-            return _NO_TIMESTAMP
+    def build(value: dict[str, Any], el: _Element, user: str, ts: int) -> Event | str:
         return ThreadControl(
-            page_id=page,
+            page_id=el.page,
             user_id=user,
             timestamp=ts,
-            platform=platform,
-            dedup_key=f"tc:{page}:{user}:{action}:{ts}",
+            platform=el.platform,
+            dedup_key=f"tc:{el.page}:{user}:{action}:{ts}",
             action=action,
             new_owner_app_id=_id(value.get("new_owner_app_id")),
             previous_owner_app_id=_id(value.get("previous_owner_app_id")),
             requested_owner_app_id=_id(value.get("requested_owner_app_id")),
         )
 
-    return parse
+    return build
 
 
-_PARSERS: Final[dict[str, Parser]] = {
-    "message": _message,
-    "postback": _postback,
-    "reaction": _reaction,
-    "referral": _referral_event,
-    "read": _read,
-    "delivery": _delivery,
-    "message_edit": _message_edit,
-    "optin": _optin,
-    "policy-enforcement": _policy_enforcement,
-    "policy_enforcement": _policy_enforcement,
-    "pass_thread_control": _thread_control("pass", "pass_thread_control"),
-    "take_thread_control": _thread_control("take", "take_thread_control"),
-    "request_thread_control": _thread_control("request", "request_thread_control"),
+# ---- from an element's key to its kind -----------------------------------------------------------
+
+_MESSAGE: Final = _Kind(_message)
+_ECHO: Final = _Kind(_echo, user="recipient")
+_OTN: Final = _Kind(_otn_optin)
+_RECURRING: Final = _Kind(_recurring)
+_PLUGIN: Final = _Kind(_plugin_optin, user="sender_or_user_ref")
+
+
+def _always(kind: _Kind) -> Select:
+    return lambda value: kind
+
+
+def _message_kind(value: dict[str, Any]) -> _Kind | str:
+    """`message`: a user message, or (with `is_echo`) the page's own message echoed back."""
+    echo = value.get("is_echo")
+    return _MESSAGE if echo is None or echo is False else _ECHO
+
+
+def _optin_kind(value: dict[str, Any]) -> _Kind | str:
+    """`optin`: OTN (§3), recurring opt-in / stop / resume (§4), or a plugin opt-in (no type)."""
+    kind = value.get("type")
+    if kind == "one_time_notif_req":
+        return _OTN
+    if kind == "notification_messages":
+        return _RECURRING
+    if kind is not None:
+        # A plugin opt-in opens the window (R-WIN-2): never guess that for a type we do not know.
+        return f"`optin.type` {_brief(kind)} is not a known opt-in type"
+    return _PLUGIN
+
+
+_POLICY: Final = _always(_Kind(_policy_enforcement, user="page"))
+
+_KINDS: Final[dict[str, Select]] = {
+    "message": _message_kind,
+    "postback": _always(_Kind(_postback)),
+    "reaction": _always(_Kind(_reaction)),
+    "referral": _always(_Kind(_referral_event)),
+    "read": _always(_Kind(_read, watermark_time=True)),
+    "delivery": _always(_Kind(_delivery, watermark_time=True)),
+    "message_edit": _always(_Kind(_message_edit)),
+    "optin": _optin_kind,
+    "policy-enforcement": _POLICY,
+    "policy_enforcement": _POLICY,
+    "pass_thread_control": _always(_Kind(_thread_control("pass"))),
+    "take_thread_control": _always(_Kind(_thread_control("take"))),
+    "request_thread_control": _always(_Kind(_thread_control("request"))),
 }
-"""Element key → parser. A key not here is not an event kind (see the module docstring)."""
+"""Element key → its kind. A key not here is not an event kind (see the module docstring)."""
 
 _ROUTING_KEYS: Final = frozenset({"sender", "recipient", "timestamp"})
 _ELEMENT_LISTS: Final = (("messaging", False), ("standby", True))
+
+
+def _read_kind(key: str, select: Select, value: Any, el: _Element) -> Event | str:
+    """The event under one key of an element, or why there is none."""
+    if not isinstance(value, dict):
+        return _not_object(key, value)
+    kind = select(value)
+    if isinstance(kind, str):
+        return kind
+    who = _who(kind, value, el)
+    if isinstance(who, str):
+        return who
+    user, ts = who
+    return kind.build(value, el, user, ts)
 
 
 # ---- the envelope --------------------------------------------------------------------------------
@@ -604,7 +620,7 @@ def normalise(body: object) -> Normalised:
         if not isinstance(entry, dict):
             raise EnvelopeError(f"entry[{i}]", f"should be an object but is {_brief(entry)}")
         page = _id(entry.get("id"))
-        entry_time = to_epoch_ms(entry.get("time"))
+        entry_time = _time(entry.get("time"))
         seen = False
         for list_name, standby in _ELEMENT_LISTS:
             elements = entry.get(list_name)
@@ -665,18 +681,17 @@ def _element(
     events: list[Event],
 ) -> str:
     """Append the element's event(s) to `events`; return "" or why (part of) it is unsupported."""
-    ts = to_epoch_ms(element.get("timestamp"))
-    if ts is None:
-        ts = entry_time
+    ts = _time(element.get("timestamp"))
+    el = _Element(element, page, platform, entry_time if ts is None else ts, standby)
     reasons: list[str] | None = None
     matched = False
     for key, value in element.items():
-        parser = _PARSERS.get(key)
-        if parser is None:
+        select = _KINDS.get(key)
+        if select is None:
             continue
         matched = True
         try:
-            result = parser(value, element, page, platform, ts, standby)
+            result = _read_kind(key, select, value, el)
         except Exception as exc:  # a bug must not fail the batch; tests assert this never happens
             result = f"{INTERNAL_ERROR_REASON}: {type(exc).__name__} in `{key}`"
         if isinstance(result, str):

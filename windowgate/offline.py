@@ -10,12 +10,15 @@ page) and applies the dispatcher's own facts the way the services will:
   follows (I4: the token is never granted again);
 - a duplicate decision changes nothing.
 
-The internal events carry `now` as their timestamp.
+The internal events carry `now` as their timestamp. Webhook events later than the `now` they are
+applied at are not folded: the state at `now` cannot know what a user does after it (answering
+"the user acted at" a later time); they are handed back for the caller to report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from schemas.decision import Decision
 from schemas.events import Event, TokenSpent, event_key
@@ -27,10 +30,18 @@ from windowgate.rulebook import RuleBook
 from windowgate.transition import apply_event as fold_user
 from windowgate.transition import decide_request
 
-__all__ = ["TOKEN_MECHANISMS", "OfflineGateway"]
+__all__ = ["TOKEN_MECHANISMS", "Applied", "OfflineGateway"]
 
 TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
 """Mechanisms whose allowed decision uses (and offline: spends) a token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one webhook body left unfolded: elements not understood, events later than `now`."""
+
+    unsupported: tuple[Unsupported, ...] = ()
+    later: tuple[Event, ...] = ()
 
 
 class OfflineGateway:
@@ -55,15 +66,20 @@ class OfflineGateway:
         for event in events:
             self.apply_event(event)
 
-    def apply_webhook(self, body: object) -> list[Unsupported]:
-        """Fold every event of one parsed webhook body; return what was not understood.
+    def apply_webhook(self, body: object, now: int | None = None) -> Applied:
+        """Fold every event of one parsed webhook body, except those later than `now` (epoch ms;
+        None: no limit); return what was not understood and the later events.
 
         Raises `windowgate.normalise.EnvelopeError` (a `SchemaError`) when `body` is not a webhook
         envelope at all; nothing is folded then.
         """
         normalised = normalise(body)
-        self.apply_events(normalised.events)
-        return list(normalised.unsupported)
+        if now is None:
+            self.apply_events(normalised.events)
+            return Applied(normalised.unsupported)
+        later = tuple(e for e in normalised.events if e.timestamp > now)
+        self.apply_events(e for e in normalised.events if e.timestamp <= now)
+        return Applied(normalised.unsupported, later)
 
     # ---- what callers ask ----------------------------------------------------------------------
 

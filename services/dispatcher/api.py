@@ -7,12 +7,16 @@ outcome from the dispatch log. This process only waits for them.
 
 - `POST /v1/messages` (a SendRequest): 200 with the Decision, plus `delivery` when the outcome is
   known within DISPATCHER_OUTCOME_WAIT_S; 202 and a `Location` to poll when no decision arrived
-  within DISPATCHER_WAIT_S. 400 for a malformed request, 503 when Kafka does not take it.
+  within DISPATCHER_WAIT_S. 400 for a malformed request (an unknown field included, named),
+  503 with `Retry-After` when Kafka does not take it within DISPATCHER_WAIT_S (broker down or
+  frozen): the request may still be decided later, so the caller retries with the same
+  `request_id` and gets that one decision (I3).
 - `GET /v1/decisions/{request_id}`: from the last DISPATCHER_RECENT decisions this process has seen
   (including some from before it started); 404 for older ones — the window service keeps each
   user's last decisions (`GET /v1/pages/{page}/users/{user}`).
 - `POST /{version}/me/messages`, `POST /{version}/{page_id}/messages`: Meta's own body and the
   page's own access token; allowed → Meta's answer to the forwarded call, refused → Meta's error.
+  windowgate's own extensions are `X-Windowgate-*` headers; an unknown one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ from services.dispatcher.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.proxy import (
     ProxyAsk,
     ProxyError,
+    check_extension_headers,
     forwarded,
     meta_error,
     parse_body,
@@ -52,6 +58,10 @@ log = logging.getLogger(__name__)
 
 PROXY_OUTCOME_FACTOR = 5
 """The proxy waits longer for the outcome than /v1: its caller expects Meta's own answer."""
+
+
+class Unavailable(Exception):
+    """Kafka did not take the request within the wait: answer 503 and `Retry-After`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +115,30 @@ class DispatcherApi:
 
     # ---- the shared path: publish, await the decision, await the outcome ------------------------
 
+    @property
+    def retry_after(self) -> str:
+        """Seconds a caller should wait before retrying a 503 (the `Retry-After` header)."""
+        return str(max(1, math.ceil(self.wait_s)))
+
     async def submit(self, request: SendRequest, outcome_wait_s: float) -> Submission:
+        """Publish, then await the decision, both within `wait_s` together (raises Unavailable
+        when Kafka does not take the request in that time), then the outcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
         decided = self.decisions.expect(request.request_id)
         delivered = self.outcomes.expect(request.request_id)
         try:
-            await self.publish(request)
             try:
-                record = await asyncio.wait_for(asyncio.shield(decided), self.wait_s)
+                # A producer waits (and retries) for a broker that is down or frozen; the caller
+                # gets an answer within the documented wait instead.
+                await asyncio.wait_for(self.publish(request), self.wait_s)
+            except TimeoutError as exc:
+                raise Unavailable(f"Kafka did not take it within {self.wait_s:g} s") from exc
+            except Exception as exc:
+                raise Unavailable(f"Kafka did not take it: {exc}") from exc
+            try:
+                left = max(deadline - loop.time(), 0.0)
+                record = await asyncio.wait_for(asyncio.shield(decided), left)
             except TimeoutError:
                 return Submission(None, None)
             decision = record.decision
@@ -145,10 +172,16 @@ class DispatcherApi:
             return _json({"error": "invalid_request", "field": exc.field, "detail": str(exc)}, 400)
         try:
             submission = await self.submit(send, self.outcome_wait_s)
-        except Exception as exc:  # Kafka unavailable: the caller may retry with the same id
+        except Unavailable as exc:
             log.warning("could not publish request %s: %s", send.request_id, exc)
+            detail = (
+                f"the request was not accepted ({exc}); retry with the same request_id "
+                f"after {self.retry_after} s"
+            )
             return _json(
-                {"error": "unavailable", "detail": f"the request was not accepted: {exc}"}, 503
+                {"error": "unavailable", "request_id": send.request_id, "detail": detail},
+                503,
+                {"Retry-After": self.retry_after},
             )
         if submission.decision is None:
             link = f"/v1/decisions/{send.request_id}"
@@ -280,6 +313,7 @@ class DispatcherApi:
     async def proxy(self, request: web.Request) -> web.Response:
         trace = f"windowgate-{uuid.uuid4().hex[:12]}"
         try:
+            check_extension_headers(request.headers.keys())
             body = await self._meta_body(request)
             page_id = self._page_for(
                 request.match_info.get("page_id"), self._token_of(request, body)
@@ -290,9 +324,13 @@ class DispatcherApi:
             return _json(proxy_error(exc, trace), exc.status)
         try:
             submission = await self.submit(send, self.outcome_wait_s * PROXY_OUTCOME_FACTOR)
-        except Exception as exc:
+        except Unavailable as exc:
             log.warning("proxy could not publish %s: %s", send.request_id, exc)
-            return _json(meta_error(2, None, "(#2) windowgate is unavailable", trace), 503)
+            return _json(
+                meta_error(2, None, "(#2) windowgate is unavailable", trace),
+                503,
+                {"Retry-After": self.retry_after},
+            )
         record, done = submission.decision, submission.done
         if record is None:
             return _json(

@@ -11,7 +11,10 @@ Meta's body → SendRequest:
     recipient.notification_messages_token → purpose recurring, user and topic likewise
     message                             → message
     (header X-Windowgate-Human-Author)  → human_author (HUMAN_AGENT needs a named human)
-    (header Idempotency-Key)            → request_id (else a fresh one per call)
+    (header Idempotency-Key or X-Windowgate-Request-Id) → request_id (else a fresh one per call)
+
+Those headers are windowgate's extensions; any other `X-Windowgate-*` header is refused (a
+misspelt one would silently drop the human author or the idempotency key).
 
 A refusal becomes `{"error": {message, type, code, error_subcode, fbtrace_id}, "windowgate":
 {"reason", "detail", "request_id", "alternatives"}}` with the code Meta itself would have answered
@@ -20,10 +23,11 @@ A refusal becomes `{"error": {message, type, code, error_subcode, fbtrace_id}, "
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.codec import to_wire
+from schemas.codec import did_you_mean, to_wire
 from schemas.decision import Decision
 from schemas.types import Purpose
 from services.dispatcher.dispatchlog import Done
@@ -57,6 +61,25 @@ class ProxyAsk:
     purpose: Purpose
     message: dict[str, Any]
     tag: str | None = None
+
+
+EXTENSION_PREFIX = "x-windowgate-"
+EXTENSION_HEADERS = ("X-Windowgate-Human-Author", "X-Windowgate-Request-Id")
+"""windowgate's extensions to Meta's Send API call, as headers (Meta's body stays Meta's)."""
+
+
+def check_extension_headers(names: Iterable[str]) -> None:
+    """ProxyError (400) naming the first `X-Windowgate-*` header that is not an extension."""
+    known = {h.lower() for h in EXTENSION_HEADERS}
+    for name in names:
+        lowered = name.lower()
+        if lowered.startswith(EXTENSION_PREFIX) and lowered not in known:
+            hint = did_you_mean(name, EXTENSION_HEADERS, case_sensitive=False)
+            raise ProxyError(
+                100,
+                f"(#100) unknown windowgate header {name}{hint}; "
+                f"windowgate reads {', '.join(EXTENSION_HEADERS)}",
+            )
 
 
 _PURPOSE_BY_TYPE: dict[str, Purpose] = {

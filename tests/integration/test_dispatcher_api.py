@@ -9,8 +9,13 @@ unmodified Messenger client library from PyPI, whose `graph_url` points at the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,7 +48,7 @@ from tests.integration.dispatcher_kit import (
     rules,
 )
 from windowgate.client import HttpGateway, KafkaGateway, new_request
-from windowgate.devbroker import unique_name
+from windowgate.devbroker import LocalKafka, free_port, unique_name
 
 BOOK = rules()
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -342,3 +347,100 @@ async def test_every_refusal_reason_end_to_end(api: Api) -> None:
     _, answer = await api.post("/v1/messages", json=second, headers=AUTH)
     assert (answer["allowed"], answer["reason"]) == (False, "cooldown")
     assert len(seen) == len(refusal_cases())  # one case per reason, no two alike
+
+
+async def test_a_misspelt_field_is_400_and_never_published(api: Api) -> None:
+    user = unique_name("u")
+    await api.know(opener(user))
+    body = {"request_id": unique_name("r"), "page_id": PAGE_EU, "user_id": user, "purpse": "otn"}
+    status, answer = await api.post("/v1/messages", json=body, headers=AUTH)
+    assert (status, answer["field"]) == (400, "purpse")
+    assert "did you mean 'purpose'" in answer["detail"]
+    async with api.http.get(f"{api.url}/v1/decisions/{body['request_id']}", headers=AUTH) as r:
+        assert r.status == 404  # nothing was published, so nothing was decided
+
+
+# ---- broker outage: 503 with Retry-After within DISPATCHER_WAIT_S -------------------------------
+
+OUTAGE_WAIT_S = 2.0
+OUTAGE_SLACK_S = 1.5
+"""An answer later than the wait plus this is the old hang (13-25 s), not scheduling noise."""
+
+
+async def _post_timed(http: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any, float]:
+    started = time.monotonic()
+    limit = aiohttp.ClientTimeout(total=OUTAGE_WAIT_S + 10)  # fail, not hang, on the old behaviour
+    async with http.post(f"{url}/v1/messages", json=body, headers=AUTH, timeout=limit) as response:
+        answer = await response.json(content_type=None)
+        if response.status == 503:
+            assert response.headers["Retry-After"] == "2", response.headers
+        return response.status, answer, time.monotonic() - started
+
+
+async def test_broker_outage_is_503_with_retry_after_within_the_wait(tmp_path: Path) -> None:
+    """A broker of this test's own (never the shared one): frozen, then stopped, then back."""
+    port = free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    kafka = LocalKafka(port=port, controller_port=controller_port, data_dir=tmp_path / "kafka")
+    bootstrap = kafka.start()
+    pid = int((tmp_path / "kafka" / "broker.pid").read_text())
+    prefix = unique_name("api-outage") + "."
+    topics = await create_topics(bootstrap, prefix, 2)
+    window = FakeWindow(bootstrap, topics, BOOK)
+    cfg = config(
+        bootstrap, prefix, "http://127.0.0.1:9", role="api", wait_s=OUTAGE_WAIT_S,
+        outcome_wait_s=0.0, token_index=False,
+    )  # fmt: skip
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    http = aiohttp.ClientSession()
+    try:
+        await window.start()
+        await service.start()
+        url = f"http://127.0.0.1:{service.port}"
+        user = unique_name("u")
+        window.know([opener(user)])
+
+        def ask(name: str) -> dict[str, Any]:
+            return {"request_id": f"{prefix}{name}", "page_id": PAGE_EU, "user_id": user}
+
+        status, answer, _ = await _post_timed(http, url, ask("before"))
+        assert (status, answer.get("reason")) == (200, "window_open"), answer
+
+        # 1. Frozen broker: connections open, nothing answers; the producer would wait.
+        os.kill(pid, signal.SIGSTOP)
+        status, answer, took = await _post_timed(http, url, ask("frozen"))
+        os.kill(pid, signal.SIGCONT)
+        assert status == 503, answer
+        assert took < OUTAGE_WAIT_S + OUTAGE_SLACK_S
+        assert answer["request_id"] == f"{prefix}frozen" and "same request_id" in answer["detail"]
+
+        # 2. Stopped broker: connections refused.
+        kafka.stop()
+        status, answer, took = await _post_timed(http, url, ask("stopped"))
+        assert status == 503, answer
+        assert took < OUTAGE_WAIT_S + OUTAGE_SLACK_S
+
+        # 3. Back on the same port with the same data: retrying with the same request_id gets
+        #    the request decided, once (a 503'd request that did land later is a duplicate).
+        kafka.start()
+        deadline = time.monotonic() + 90
+        for name in ("frozen", "stopped"):
+            while True:
+                status, answer, _ = await _post_timed(http, url, ask(name))
+                if status == 200:
+                    break
+                assert status in (202, 503), answer
+                assert time.monotonic() < deadline, f"{name}: never decided after the outage"
+                await asyncio.sleep(0.5)
+            assert (answer["request_id"], answer["reason"]) == (f"{prefix}{name}", "window_open")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await http.close()
+        for stop in (service.stop, window.stop):
+            # A client still waiting on a dead broker must not keep the broker (or the suite) up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop(), 30)
+        kafka.stop()

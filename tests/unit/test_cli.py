@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests import fixtures_path
-from windowgate.cli import main
+from windowgate.cli import LATER_SHOWN, main
 from windowgate.timeconst import DAY_MS, HOUR_MS
 from windowgate.timestamps import ms_to_iso, parse_iso_ms
 
@@ -262,6 +262,43 @@ def test_unsupported_webhook_elements_are_warnings_not_errors(
     assert "entry[0].changes[0]" in warning
 
 
+def test_webhook_events_after_now_are_reported_and_not_folded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def message_at(ts: int, mid: str) -> str:
+        element = {"sender": {"id": USER}, "recipient": {"id": PAGE}, "timestamp": ts}
+        entry = {"id": PAGE, "time": ts, "messaging": [{**element, "message": {"mid": mid}}]}
+        return orjson.dumps({"object": "page", "entry": [entry]}).decode()
+
+    now = T01 + 30 * HOUR_MS  # fixture 01's window has closed by now
+    hooks = [webhook_line("01-quick-reply.json")]
+    hooks += [message_at(now + minute * 60_000, f"m-late-{minute}") for minute in range(1, 8)]
+    code, decisions, err = run_decide(tmp_path, capsys, hooks, [request("r1")], now)
+    assert code == 0
+    # The seven later messages would have opened the window: "the user acted" after now.
+    assert decisions[0]["reason"] == "window_closed"
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"windowgate: warning: 7 webhook events later than --now ({ms_to_iso(now)}) not folded:"
+    )
+    assert len(lines) == 1 + LATER_SHOWN + 1
+    assert lines[1] == (
+        f"windowgate: warning: {tmp_path / 'hooks.jsonl'} line 2: message of user {USER} "
+        f"on page {PAGE} at {ms_to_iso(now + 60_000)} (msg:m-late-1)"
+    )
+    assert all("hooks.jsonl line" in line for line in lines[1 : 1 + LATER_SHOWN])
+    assert lines[-1] == f"windowgate: warning: ... and {7 - LATER_SHOWN} more"
+
+
+def test_a_webhook_event_at_now_exactly_is_folded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, decisions, err = run_decide(
+        tmp_path, capsys, [webhook_line("01-quick-reply.json")], [request("r1")], T01
+    )
+    assert (code, decisions[0]["reason"], err) == (0, "window_open", "")
+
+
 def test_windows_line_endings_and_a_byte_order_mark_are_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -350,6 +387,18 @@ OK_HOOK = "01-quick-reply.json"
             ['["r1"]'],
             ["requests.jsonl line 1", "expected an object"],
             id="request-not-an-object",
+        ),
+        pytest.param(
+            [OK_HOOK],
+            [request("r1"), request("r2", purpse="otn", topc="x")],
+            ["requests.jsonl line 2", "purpse: unknown field (did you mean 'purpose'?)", "topc"],
+            id="request-misspelt-field",
+        ),
+        pytest.param(
+            [OK_HOOK],
+            [request("r1", v=2)],
+            ["requests.jsonl line 1", "v: unsupported wire version 2"],
+            id="request-newer-wire-version",
         ),
     ],
 )

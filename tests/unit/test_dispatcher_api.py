@@ -41,11 +41,14 @@ class Window:
     deliver: bool = True
     decide: bool = True
     broker_down: bool = False
+    broker_frozen: bool = False
     published: list[SendRequest] = field(default_factory=list)
 
     async def publish(self, request: SendRequest) -> None:
         if self.broker_down:
             raise ConnectionError("KafkaConnectionError: no broker")
+        if self.broker_frozen:  # a producer waiting for a broker that never answers
+            await asyncio.Event().wait()
         self.published.append(request)
         if not self.decide:
             return
@@ -156,12 +159,24 @@ async def test_no_decision_in_time_is_202_with_a_link(setup: Any) -> None:
     [
         ({"page_id": PAGE, "user_id": USER}, "request_id"),
         (send_request("r", purpose="x"), "purpose"),
+        (send_request("r", purpse="otn", topc="x"), "purpse"),
+        (send_request("r", message={"text": "hi"}, priority="high"), "priority"),
     ],
 )
 async def test_bad_request_is_400_naming_the_field(setup: Any, body: Any, field_name: str) -> None:
     client, window = setup
     response = await client.post("/v1/messages", json=body, headers=AUTH)
     assert response.status == 400 and (await response.json())["field"] == field_name
+    assert window.published == []
+
+
+async def test_a_misspelt_field_is_refused_never_decided_as_auto(setup: Any) -> None:
+    client, window = setup
+    body = send_request("r-typo", purpse="otn", topc="restock")
+    answer = await (await client.post("/v1/messages", json=body, headers=AUTH)).json()
+    assert answer["error"] == "invalid_request"
+    assert "unknown field (did you mean 'purpose'?)" in answer["detail"]
+    assert "also unknown: topc" in answer["detail"]
     assert window.published == []
 
 
@@ -178,10 +193,30 @@ async def test_kafka_down_is_503(setup: Any) -> None:
     window.broker_down = True
     response = await client.post("/v1/messages", json=send_request("r7"), headers=AUTH)
     assert response.status == 503
-    assert "not accepted" in (await response.json())["detail"]
+    assert response.headers["Retry-After"] == "1"  # wait_s 0.3, rounded up to whole seconds
+    answer = await response.json()
+    assert "not accepted" in answer["detail"] and "same request_id" in answer["detail"]
+    assert answer["request_id"] == "r7"
     body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
     proxied = await client.post(f"/v25.0/me/messages?access_token={PAGE_TOKEN}", json=body)
     assert proxied.status == 503 and (await proxied.json())["error"]["code"] == 2
+    assert proxied.headers["Retry-After"] == "1"
+
+
+async def test_a_broker_that_never_answers_is_503_within_the_wait(setup: Any) -> None:
+    """A producer does not fail while the broker is frozen: it waits. The caller must not."""
+    client, window = setup
+    window.broker_frozen = True
+    # The bound only stops a hang from hanging the suite; the API's own wait is 0.3 s.
+    response = await asyncio.wait_for(
+        client.post("/v1/messages", json=send_request("r-frozen"), headers=AUTH), 10
+    )
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert "within 0.3 s" in (await response.json())["detail"]
+    body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
+    url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
+    proxied = await asyncio.wait_for(client.post(url, json=body), 10)
+    assert proxied.status == 503 and proxied.headers["Retry-After"] == "1"
 
 
 # ---- the proxy ----------------------------------------------------------------------------------
@@ -244,6 +279,31 @@ async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
     assert answer["windowgate"]["reason"] in ("human_agent_not_permitted", "human_author_missing")
     await client.post(url, json=body, headers={"X-Windowgate-Human-Author": "ana@example.com"})
     assert window.published[-1].human_author == "ana@example.com"
+
+
+async def test_proxy_refuses_an_unknown_windowgate_header_naming_it(setup: Any) -> None:
+    client, window = setup
+    body = {
+        "recipient": {"id": USER},
+        "messaging_type": "MESSAGE_TAG",
+        "tag": "HUMAN_AGENT",
+        "message": {"text": "a person here"},
+    }
+    url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
+    # Ignored, the misspelt header would send the request without its human author.
+    response = await client.post(url, json=body, headers={"X-Windowgate-Human-Autor": "ana"})
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"]["code"] == 100
+    assert (
+        "X-Windowgate-Human-Autor (did you mean 'X-Windowgate-Human-Author'?)"
+        in (answer["error"]["message"])
+    )
+    assert answer["windowgate"]["reason"] == "invalid_request"
+    assert window.published == []
+    headers = {"x-windowgate-human-author": "ana", "X-WINDOWGATE-REQUEST-ID": "rq-1"}
+    await client.post(url, json=body, headers=headers)  # header names are case-insensitive
+    assert (window.published[-1].human_author, window.published[-1].request_id) == ("ana", "rq-1")
 
 
 async def test_proxy_form_encoded_body(setup: Any) -> None:

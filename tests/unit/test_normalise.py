@@ -336,6 +336,137 @@ def test_fixture_specifics() -> None:
     assert delivery.timestamp == 1458668856500  # the entry's time
 
 
+# ---- shapes from other projects' test suites (tests/fixtures/webhooks/) --------------------------
+
+LOCAL_WEBHOOKS = fixtures_path.REPO_ROOT / "tests" / "fixtures" / "webhooks"
+LOCAL_EXPECTED: dict[str, tuple[Event, ...] | str] = {
+    # Instagram's messaging_seen: a read of that mid at the element's time.
+    "instagram-read-mid-only.json": (
+        MessageRead(
+            page_id=IG_ACCOUNT,
+            user_id=IG_USER,
+            timestamp=1700000060000,
+            platform="instagram",
+            dedup_key=f"readmid:{IG_MID}",
+            watermark=1700000060000,
+        ),
+    ),
+    "recipient-other-page.json": f"`recipient.id` '{PAGE_2}' is not the entry's page {PAGE}",
+    "sender-not-meta-id.json": "`sender.id` 'abc5678' is not a Meta id",
+    "timestamp-zero.json": (
+        MessageReceived(
+            page_id=PAGE,
+            user_id=USER,
+            timestamp=1700000000100,  # the entry's time, not 1970
+            dedup_key="msg:m_ts_zero_1",
+            mid="m_ts_zero_1",
+            text="when?",
+        ),
+    ),
+    "timestamp-zero-no-entry-time.json": "no usable `timestamp`",
+}
+"""Each local body → its exact events, or a fragment of the reason it is dead-lettered for."""
+
+
+def local_body(name: str) -> Any:
+    return orjson.loads((LOCAL_WEBHOOKS / name).read_bytes())
+
+
+def test_every_local_fixture_has_expectations_and_a_readme_line() -> None:
+    on_disk = {p.name for p in LOCAL_WEBHOOKS.glob("*.json")}
+    assert on_disk == set(LOCAL_EXPECTED), "a local fixture was added or removed: update it here"
+    readme = (LOCAL_WEBHOOKS / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in on_disk)
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_EXPECTED))
+def test_local_fixture(name: str) -> None:
+    expected = LOCAL_EXPECTED[name]
+    if isinstance(expected, str):
+        item = only_unsupported(local_body(name))
+        assert expected in item.reason
+        assert item.path == "entry[0].messaging[0]"
+    else:
+        assert normalise(local_body(name)) == Normalised(events=expected)
+        for event in expected:
+            assert decode_event(encode_event(event)) == event
+
+
+def test_instagram_read_folds_without_opening_the_window() -> None:
+    read = only_event(local_body("instagram-read-mid-only.json"))
+    state = fold(UserState(page_id=IG_ACCOUNT, user_id=IG_USER, platform="instagram"), read)
+    assert state.last_opener_at is None
+
+
+def test_instagram_read_redelivered_is_one_fact_and_reads_of_two_mids_are_two() -> None:
+    first = only_event(local_body("instagram-read-mid-only.json"))
+    again = only_event(local_body("instagram-read-mid-only.json"))
+    other = only_event(envelope(element(read={"mid": "another-mid"})))
+    assert first.dedup_key == again.dedup_key != other.dedup_key
+
+
+def test_a_read_with_a_watermark_keeps_it_even_with_a_mid() -> None:
+    read = only_event(envelope(element(read={"watermark": 1699999999000, "mid": "m"})))
+    assert isinstance(read, MessageRead)
+    assert (read.watermark, read.dedup_key) == (1699999999000, f"read:{PAGE}:{USER}:1699999999000")
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        {"postback": {"payload": "P"}},
+        {"reaction": {"mid": "m", "action": "react"}},
+        {"referral": {"source": "SHORTLINK", "ref": "r"}},
+        {"optin": {"type": "one_time_notif_req", "payload": "t", "one_time_notif_token": "x"}},
+        {"optin": {"ref": "R", "user_ref": "U"}},
+        {"policy-enforcement": {"action": "block"}},
+        {"pass_thread_control": {"new_owner_app_id": "1"}},
+    ],
+)
+def test_any_kind_addressed_to_another_page_is_dead_lettered(kinds: dict[str, Any]) -> None:
+    elem = {**element(**kinds), "recipient": {"id": PAGE_2}}
+    assert "not the entry's page" in only_unsupported(envelope(elem)).reason
+    assert only_event(envelope(element(**kinds))).page_id == PAGE  # addressed right: accepted
+
+
+def test_an_unusable_recipient_is_not_the_page_either() -> None:
+    elem = {**element(message={"mid": "m"}), "recipient": {"user_ref": "x"}}
+    assert "not the entry's page" in only_unsupported(envelope(elem)).reason
+
+
+def test_an_echo_is_addressed_to_the_user_and_its_user_must_be_a_meta_id() -> None:
+    echo = {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": 1, "message": {}}
+    echo["message"] = {"mid": "m", "is_echo": True}
+    assert only_event(envelope(echo)).user_id == USER
+    echo["recipient"] = {"id": "user-1"}
+    assert "`recipient.id` 'user-1' is not a Meta id" in only_unsupported(envelope(echo)).reason
+
+
+@pytest.mark.parametrize("sender", ["abc5678", "1254459154682919x", "-1", "１２３", "12 34"])
+def test_senders_that_are_not_meta_ids_are_dead_lettered(sender: str) -> None:
+    elem = {**element(message={"mid": "m"}), "sender": {"id": sender}}
+    item = only_unsupported(envelope(elem))
+    assert "is not a Meta id" in item.reason
+    assert item.user_id == sender  # the dead letter still says who it claimed to be
+
+
+def test_a_plugin_optin_user_ref_need_not_be_digits_but_a_sender_must() -> None:
+    optin = {"ref": "R", "user_ref": "ref-abc"}
+    elem = {"recipient": {"id": PAGE}, "timestamp": 1700000000000, "optin": optin}
+    assert only_event(envelope(elem)).user_id == "ref-abc"
+    elem["sender"] = {"id": "abc5678"}
+    assert "is not a Meta id" in only_unsupported(envelope(elem)).reason
+
+
+@pytest.mark.parametrize("zero", [0, "0", 0.0])
+def test_a_zero_timestamp_is_no_time(zero: object) -> None:
+    with_entry_time = only_event(envelope({**element(message={"mid": "m"}), "timestamp": zero}))
+    assert with_entry_time.timestamp == 1700000000999  # envelope()'s entry time
+    read = {"sender": {"id": USER}, "timestamp": zero, "read": {"watermark": 1458668856253}}
+    body = {"object": "page", "entry": [{"id": PAGE, "time": 0, "messaging": [read]}]}
+    assert only_event(body).timestamp == 1458668856253  # no time at all: the watermark
+
+
 # ---- dedup keys ---------------------------------------------------------------------------------
 
 
@@ -480,7 +611,10 @@ def test_unsupported_paths_point_at_the_element_and_good_elements_survive() -> N
             {"id": PAGE, "messaging": [element(message={"mid": "ok-1"})]},
             {
                 "id": PAGE_2,
-                "messaging": [element(account_linking={}), element(message={"mid": "ok-2"})],
+                "messaging": [
+                    element(account_linking={}),
+                    {**element(message={"mid": "ok-2"}), "recipient": {"id": PAGE_2}},
+                ],
                 "standby": ["not an element"],
             },
         ],
@@ -819,7 +953,7 @@ def check_result(result: Normalised) -> None:
         assert event.page_id
         assert isinstance(event.user_id, str)
         assert isinstance(event.timestamp, int)
-        assert 0 <= event.timestamp <= MAX_EPOCH_MS
+        assert 0 < event.timestamp <= MAX_EPOCH_MS  # 0 is no time, never 1970
         assert event.dedup_key
         encode_event(event)  # storable: no huge ints, no odd types
     for item in result.unsupported:

@@ -12,7 +12,7 @@ from schemas.request import SendRequest
 from schemas.state import PageState, UserState
 from tests import fixtures_path
 from windowgate.normalise import EnvelopeError
-from windowgate.offline import OfflineGateway
+from windowgate.offline import Applied, OfflineGateway
 from windowgate.rulebook import load_rules
 from windowgate.timeconst import DAY_MS, HOUR_MS
 from windowgate.timestamps import parse_iso_ms
@@ -38,7 +38,7 @@ def gateway() -> OfflineGateway:
 
 
 def test_webhooks_fold_into_one_state_per_user_and_page(gateway: OfflineGateway) -> None:
-    assert gateway.apply_webhook(fixture("14-batch-two-entries.json")) == []
+    assert gateway.apply_webhook(fixture("14-batch-two-entries.json")) == Applied()
     assert set(gateway.users) == {
         event_key(PAGE, USER),
         event_key("542998526103632", "5794982867201265"),
@@ -65,11 +65,35 @@ def test_unsupported_elements_are_returned_and_the_rest_is_folded(
 ) -> None:
     body = fixture("01-quick-reply.json")
     body["entry"].append({"id": PAGE, "time": T01, "changes": [{"field": "feed"}]})
-    unsupported = gateway.apply_webhook(body)
-    assert [u.path for u in unsupported] == ["entry[1].changes[0]"]
+    applied = gateway.apply_webhook(body)
+    assert [u.path for u in applied.unsupported] == ["entry[1].changes[0]"]
     state = gateway.state(PAGE, USER)
     assert state is not None
     assert state.last_opener_at == T01
+
+
+def test_events_later_than_now_are_handed_back_not_folded(gateway: OfflineGateway) -> None:
+    # Fixture 14: a message to PAGE at t14, then a message and a postback to PAGE_2 at +1, +13 ms.
+    body = fixture("14-batch-two-entries.json")
+    t14 = 1502905976377
+    applied = gateway.apply_webhook(body, now=t14 + 1)
+    assert applied.unsupported == ()
+    assert [(e.KIND, e.timestamp) for e in applied.later] == [("postback", t14 + 13)]
+    page_2 = gateway.users[event_key("542998526103632", "5794982867201265")]
+    assert page_2.last_opener_at == t14 + 1  # at `now` exactly: folded; after it: not
+    assert gateway.state(PAGE, USER) is not None
+
+    # The user acted after `now`: deciding at `now` must not see that act.
+    fresh = OfflineGateway(load_rules())
+    later = fresh.apply_webhook(fixture("01-quick-reply.json"), now=T01 - 1).later
+    assert [e.timestamp for e in later] == [T01]
+    assert fresh.state(PAGE, USER) is None
+    assert fresh.decide(req("r1"), T01 - 1).reason == "window_closed"
+
+
+def test_without_now_every_event_is_folded(gateway: OfflineGateway) -> None:
+    assert gateway.apply_webhook(fixture("01-quick-reply.json")).later == ()
+    assert gateway.state(PAGE, USER) is not None
 
 
 def test_a_bad_envelope_raises_and_folds_nothing(gateway: OfflineGateway) -> None:

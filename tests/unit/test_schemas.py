@@ -32,7 +32,9 @@ from schemas import (
     encode_page_state,
     encode_request,
     encode_user_state,
+    request_from_wire,
 )
+from schemas.codec import is_strict
 
 DECISION = Decision(
     request_id="r1",
@@ -76,12 +78,17 @@ def _sample(tp: Any, name: str) -> Any:
     raise AssertionError(f"no sample for {tp!r}")
 
 
-@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.KIND)
-def test_every_event_type_round_trips_with_every_field_set(cls: Any) -> None:
+def _sample_event(cls: Any) -> Any:
+    """An event of `cls` with every field set."""
     hints = get_type_hints(cls)
     values = {f.name: _sample(hints[f.name], f.name) for f in dataclasses.fields(cls)}
     values["platform"] = "instagram"
-    event = cls(**values)
+    return cls(**values)
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.KIND)
+def test_every_event_type_round_trips_with_every_field_set(cls: Any) -> None:
+    event = _sample_event(cls)
     wire = encode_event(event)
     assert orjson.loads(wire)["kind"] == cls.KIND
     assert decode_event(wire) == event
@@ -213,9 +220,51 @@ def test_bad_events_name_the_field() -> None:
         )
 
 
-def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    raw = b'{"request_id":"r","page_id":"p","user_id":"u","priority":"high"}'
-    assert decode_request(raw).request_id == "r"
+def test_a_send_request_refuses_an_unknown_field_and_names_it() -> None:
+    # Ignored, `purpse` would leave purpose at `auto`: a misspelling must not change the decision.
+    with pytest.raises(SchemaError) as caught:
+        decode_request(b'{"request_id":"r","page_id":"p","user_id":"u","purpse":"otn","topc":"x"}')
+    assert caught.value.field == "purpse"
+    assert "unknown field (did you mean 'purpose'?)" in str(caught.value)
+    assert "also unknown: topc" in str(caught.value)
+    with pytest.raises(SchemaError) as far:
+        decode_request(b'{"request_id":"r","page_id":"p","user_id":"u","priority":"high"}')
+    assert (far.value.field, "did you mean" in str(far.value)) == ("priority", False)
+    with pytest.raises(SchemaError) as nested:
+        request_from_wire({"request_id": "r", "page_id": "p", "user_id": "u", "Topic": "t"}, "[3]")
+    assert nested.value.field == "[3].Topic"
+
+
+def test_a_send_request_takes_its_own_wire_version_only() -> None:
+    request = SendRequest(request_id="r", page_id="p", user_id="u")
+    assert decode_request(encode_request(request)) == request  # encoded with "v": 1
+    with pytest.raises(SchemaError, match="unsupported wire version 2") as caught:
+        decode_request(b'{"v":2,"request_id":"r","page_id":"p","user_id":"u"}')
+    assert caught.value.field == "v"
+
+
+def test_strictness_is_the_send_requests_alone() -> None:
+    """What windowgate writes and replays (events, stored states, decisions) stays readable when
+    a newer version added a field; only what callers write is strict."""
+    lenient = (*EVENT_TYPES, Decision, Alternative, DecisionRecord, UserState, PageState)
+    assert is_strict(SendRequest)
+    assert not any(is_strict(t) for t in (*lenient, OtnToken, RecurringToken, Referral))
+
+
+def test_stored_and_streamed_records_ignore_fields_from_a_newer_version() -> None:
+    def newer(raw: bytes) -> bytes:
+        return raw[:-1] + b',"added_later":{"x":1}}'
+
+    state = UserState(page_id="p", user_id="u", last_opener_at=1)
+    assert decode_user_state(newer(encode_user_state(state))) == state
+    page = PageState(page_id="p", blocked_at=1)
+    assert decode_page_state(newer(encode_page_state(page))) == page
+    assert decode_decision(newer(encode_decision(DECISION))) == DECISION
+    record = DecisionRecord(DECISION, {"text": "hi"})
+    assert decode_decision_record(newer(encode_decision_record(record))) == record
+    for cls in EVENT_TYPES:
+        event = _sample_event(cls)
+        assert decode_event(newer(encode_event(event))) == event
 
 
 def test_decision_record_carries_the_message_beside_the_decision() -> None:
