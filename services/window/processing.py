@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from aiokafka.partitioner import murmur2
 
-from schemas.codec import SchemaError
+from schemas.codec import SchemaError, loads
 from schemas.decision import Decision, DecisionRecord, encode_decision_record
 from schemas.events import Event, decode_event, encode_event, event_key
 from schemas.request import SendRequest, decode_request
@@ -218,7 +218,13 @@ def process_request_record(
     def step() -> Result:
         if value is None:
             raise BadRecord("record has no value")
-        request = decode_request(value)
+        try:
+            request = decode_request(value)
+        except SchemaError as exc:
+            refused = _refuse_malformed(key, value, exc, source, now, rules)
+            if refused is None:
+                raise
+            return refused
         user_key = _check_placement(key, request.key, source, partitions)
         stored = tables.get_user(user_key)
         if stored is not None and source.offset <= stored.request_offset:
@@ -233,6 +239,41 @@ def process_request_record(
         return Result("decided", outputs, changed=decided.state)
 
     return _guarded(step, key, value, source, now)
+
+
+def _refuse_malformed(
+    key: bytes | None, value: bytes, error: SchemaError, source: Source, now: int, rules: RuleBook
+) -> Result | None:
+    """A request that names who it is for but does not decode (an unknown or misspelt field, a
+    bad value) gets a refusal saying why, so its caller is answered instead of waiting; nothing
+    is remembered, so the corrected request may reuse the request_id. None: not even that."""
+    try:
+        data = loads(value, "send request")
+    except SchemaError:
+        return None
+    ids = [data.get(name) if isinstance(data, dict) else None for name in _IDS]
+    if not all(isinstance(i, str) and i for i in ids) or key is None:
+        return None
+    request_id, page_id, user_id = (str(i) for i in ids)
+    detail = f"the request is malformed, nothing was decided: {error}"
+    decision = Decision(
+        request_id=request_id,
+        page_id=page_id,
+        user_id=user_id,
+        decided_at=now,
+        allowed=False,
+        reason="invalid_request",
+        detail=detail,
+        rules_version=rules.version,
+    )
+    record = encode_decision_record(DecisionRecord(decision, None))
+    dead = _dead_letter(f"malformed record: {error}", key, value, source, now)
+    return Result(
+        "dead_letter", (Output("decisions", key, record), *dead.outputs), problem=dead.problem
+    )
+
+
+_IDS = ("request_id", "page_id", "user_id")
 
 
 def _replayed(state: UserState, request: SendRequest, key: bytes, source: Source) -> Result:

@@ -381,3 +381,34 @@ def test_the_stored_user_round_trips_and_stays_readable_as_a_user_state() -> Non
     from schemas.state import decode_user_state
 
     assert decode_user_state(raw) == stored.state
+
+
+def test_a_misspelt_request_is_refused_with_the_field_named_and_nothing_remembered() -> None:
+    worker = Worker()
+    worker.event(otn(T0, token="tok-1"))
+    raw = orjson.dumps(
+        {"v": 1, "request_id": "r1", "page_id": PAGE, "user_id": USER, "purpse": "otn"}
+    )
+    result = process_request_record(
+        worker.tables, KEY, raw, worker.source("send-requests", KEY), NOW, RULES
+    )
+    [decision] = decisions_of(result)
+    assert (decision.request_id, decision.allowed, decision.reason) == (
+        "r1",
+        False,
+        "invalid_request",
+    )
+    assert "purpse" in decision.detail
+    assert [o.topic for o in result.outputs] == ["decisions", "dead_letter"]
+    assert worker.state().decisions == ()  # the corrected request may reuse r1
+    fixed = worker.request(req("r1", purpose="otn", topic="restock"))
+    assert decisions_of(fixed)[0].allowed
+
+
+def test_a_request_that_does_not_say_whose_it_is_is_only_dead_lettered() -> None:
+    worker = Worker()
+    raw = orjson.dumps({"v": 1, "request_id": "r1", "purpose": "otn"})
+    result = process_request_record(
+        worker.tables, KEY, raw, worker.source("send-requests", KEY), NOW, RULES
+    )
+    assert [o.topic for o in result.outputs] == ["dead_letter"]
