@@ -8,12 +8,13 @@
 | WINDOW_HOST | 0.0.0.0 | address the HTTP server binds |
 | WINDOW_ADVERTISED_URL | http://<hostname>:<WINDOW_PORT> | how other workers reach this one |
 | WINDOW_STANDBY_REPLICAS | 1 | warm copies of other workers' partitions (fast take-over) |
-| WINDOW_REPLICATION_FACTOR | 1 | replication of the changelog topics (1: single-node broker) |
 | WINDOW_REACH_FLUSH_S | 0.5 | how often reach aggregates absorb state changes |
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
 
-The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`.
+The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`. Their
+replication is that of every topic, WINDOWGATE_REPLICATION_FACTOR (`Settings.replication_factor`),
+with the `min.insync.replicas` of `changelog_configs`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.settings import Settings, SettingsError, env_number, env_whole
+from services.common.settings import (
+    REPLICATION_VARIABLE,
+    Settings,
+    SettingsError,
+    env_number,
+    env_whole,
+)
+from services.common.topics import replication_configs
 
 STORES = ("rocksdb://", "memory://")
 USERS_TABLE = "users"
 PAGES_TABLE = "pages"
+_OLD_REPLICATION_VARIABLE = "WINDOW_REPLICATION_FACTOR"
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class WindowConfig:
         store = env.get("WINDOW_STORE") or cls.store
         if store not in STORES:
             raise SettingsError(f"WINDOW_STORE must be one of {', '.join(STORES)}, got {store!r}")
+        if env.get(_OLD_REPLICATION_VARIABLE, "").strip():
+            raise SettingsError(
+                f"{_OLD_REPLICATION_VARIABLE} is replaced by {REPLICATION_VARIABLE}, "
+                "the replication of every topic: set that one instead"
+            )
         advertised = env.get("WINDOW_ADVERTISED_URL") or (
             f"http://{socket.gethostname()}:{settings.window_port}"
         )
@@ -60,15 +74,18 @@ class WindowConfig:
             host=env.get("WINDOW_HOST") or cls.host,
             advertised_url=advertised.rstrip("/"),
             standby_replicas=env_whole(env, "WINDOW_STANDBY_REPLICAS", cls.standby_replicas, 0),
-            replication_factor=env_whole(
-                env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1
-            ),
+            replication_factor=settings.replication_factor,
             reach_flush_s=env_number(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s, positive=True),
             session_timeout_s=env_number(
                 env, "WINDOW_SESSION_TIMEOUT_S", cls.session_timeout_s, positive=True
             ),
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
         )
+
+    @property
+    def changelog_configs(self) -> dict[str, str]:
+        """Topic configs for the changelogs that go with `replication_factor`."""
+        return replication_configs(self.replication_factor)
 
     @property
     def users_changelog(self) -> str:
