@@ -150,6 +150,7 @@ class WindowWorker:
             key_type=bytes,
             value_type=bytes,  # bytes: faust's "raw" codec, our own encoding
             options=dict(ROCKSDB_OPTIONS),
+            extra_topic_configs=config.changelog_configs,  # min.insync.replicas of the changelog
             help="per-user state, keyed <page_id>:<user_id>",
         )
         self.pages = self.app.GlobalTable(
@@ -158,6 +159,7 @@ class WindowWorker:
             key_type=bytes,
             value_type=bytes,  # bytes: faust's "raw" codec, our own encoding
             options=dict(ROCKSDB_OPTIONS),
+            extra_topic_configs=config.changelog_configs,
             help="page-wide state, keyed <page_id>:",
             # Apply each update of another worker's pages as it arrives: with the default (1,000)
             # faust buffers them after recovery until a thousand have come (faust issue #212).
