@@ -342,7 +342,24 @@ def previous_run(run_dir: Path) -> dict[str, Any] | None:
         state = json.loads(state_file.read_text())
     except (ValueError, OSError):
         return {}
-    return state if isinstance(state, dict) else {}
+    if not isinstance(state, dict):
+        return {}
+    pid = state.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and running_make_run(pid):
+        raise RunError(
+            f"another make run (pid {pid}) is using {show(run_dir)}: stop it first, "
+            "or give this one its own WINDOWGATE_RUN_DIR and ports"
+        )
+    return state
+
+
+def running_make_run(pid: int) -> bool:
+    """Whether `pid` is a live `services.local_run` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"services.local_run" in cmdline
 
 
 def empty_run_dir(run_dir: Path) -> None:
@@ -537,7 +554,7 @@ class Run:
             if self.broker.data_dir is None:
                 with contextlib.suppress(Exception):
                     count = await delete_topics(self.broker.bootstrap, self.prefix)
-                    done.append(f"its {count} topics deleted")
+                    done.append(f"its {count} topic{'' if count == 1 else 's'} deleted")
             done.append(await self.broker.stop())
         done.append(f"logs in {show(self.run_dir)}/")
         print("; ".join(done), flush=True)

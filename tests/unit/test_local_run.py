@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +124,22 @@ def test_a_busy_port_stops_make_run_before_it_starts_anything(
     assert line.startswith(f"make run: port {busy_port} (ingest) is already in use")
     assert "INGEST_PORT=" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_in_use_by_a_live_make_run_is_left_alone(tmp_path: Path) -> None:
+    """Two make runs in one checkout: the second must not wipe the first one's logs and topics."""
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, "services.local_run"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline() == "up\n"  # its command line is in /proc from now on
+        state = {"bootstrap": "b:1", "prefix": "p.", "pid": other.pid}
+        (tmp_path / local_run.RUN_STATE).write_text(json.dumps(state))
+        with pytest.raises(RunError, match=f"another make run \\(pid {other.pid}\\)"):
+            previous_run(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    assert previous_run(tmp_path) == state
