@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
+# PYTHONWARNINGS: setuptools warns about every editable install (BuildBackendWarning); not news.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## The whole suite; integration tests start their own Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set.
@@ -48,8 +49,9 @@ broker-stop: install
 	$(PY) -m windowgate.devbroker stop
 
 ## The whole gateway locally: broker, Graph stand-in, ingest, window, dispatcher, traffic, live summary.
+## Ports: INGEST_PORT, WINDOW_PORT, DISPATCHER_PORT, GRAPH_STANDIN_PORT; logs in .windowgate/run/.
 run: install
-	$(PY) -m services.local_run
+	@$(PY) -m services.local_run
 
 ## Offline: fold Meta's fixture webhooks and print decisions at chosen instants (no services).
 demo: install

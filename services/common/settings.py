@@ -54,6 +54,27 @@ def env_number(
     return value
 
 
+REPLICATION_VARIABLE = "WINDOWGATE_REPLICATION_FACTOR"
+MAX_REPLICATION = 32767  # Kafka's own limit (a 16-bit count)
+
+
+def min_insync_replicas(replication: int) -> int:
+    """`min.insync.replicas` for a topic of this replication factor: min(2, rf).
+
+    With acks=all (every producer here), a record is acknowledged once this many replicas hold it:
+    two copies whenever there can be two (rf 3: one broker may be down and writes go on; rf 2: a
+    broker down stops writes rather than keep a single copy), one on a single-node broker.
+    """
+    return min(2, replication)
+
+
+def replication_from_env(env: Mapping[str, str] | None = None) -> int:
+    """WINDOWGATE_REPLICATION_FACTOR (default 1): the replication of every topic we create."""
+    return env_whole(
+        os.environ if env is None else env, REPLICATION_VARIABLE, 1, 1, MAX_REPLICATION
+    )
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -63,6 +84,7 @@ class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "windowgate."
     partitions: int = 8
+    replication_factor: int = 1
     app_secret: str | None = None
     verify_token: str | None = None
     graph_api_url: str = "https://graph.facebook.com"
@@ -88,6 +110,7 @@ class Settings:
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or cls.kafka_bootstrap,
             topic_prefix=env.get("WINDOWGATE_TOPIC_PREFIX", cls.topic_prefix),
             partitions=env_whole(env, "WINDOWGATE_PARTITIONS", cls.partitions, 1, 10_000),
+            replication_factor=replication_from_env(env),
             app_secret=env.get("META_APP_SECRET") or None,
             verify_token=env.get("META_VERIFY_TOKEN") or None,
             graph_api_url=(env.get("GRAPH_API_URL") or cls.graph_api_url).rstrip("/"),

@@ -20,7 +20,6 @@ page and user, so they live in the user's partition), and compaction keeps its l
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.codec import WIRE_VERSION, SchemaError, decode_as, loads, to_compact_wire
 from schemas.events import OutcomeStatus
 from schemas.types import Mechanism, Platform
-
-_TOPIC_ALREADY_EXISTS = 36
+from services.common.topics import TopicSpec, ensure_topic_specs
 
 
 def request_key(page_id: str, user_id: str, request_id: str) -> bytes:
@@ -227,43 +224,24 @@ async def ensure_log_topic(
     topic: str,
     partitions: int,
     retention_ms: int,
-    replication: int = 1,
+    replication: int | None = None,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create the log (compacted, time-bounded) if missing; refuse another partition count."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
-    )
-    await admin.start()
-    try:
-        configs = {
+    """Create the log (compacted, time-bounded) if missing; refuse another partition count.
+
+    Replication and `min.insync.replicas` are those of every topic (WINDOWGATE_REPLICATION_FACTOR,
+    `services.common.topics`).
+    """
+    spec = TopicSpec(
+        topic,
+        configs={
             "cleanup.policy": "compact,delete",
             "retention.ms": str(retention_ms),
             "min.compaction.lag.ms": str(min(retention_ms, 3_600_000)),
-        }
-        response = await admin.create_topics(
-            [NewTopic(topic, partitions, replication, topic_configs=configs)],
-            timeout_ms=int(timeout_s * 1000),
-        )
-        for name, code, *_ in response.topic_errors:
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                raise RuntimeError(f"could not create topic {name}: Kafka error code {code}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            [described] = await admin.describe_topics([topic])
-            parts = described.get("partitions", [])
-            if parts and len(parts) != partitions:
-                raise RuntimeError(
-                    f"topic {topic} has {len(parts)} partitions, expected {partitions} "
-                    "(WINDOWGATE_PARTITIONS): the log must be co-partitioned with decisions"
-                )
-            if len(parts) == partitions and all(p.get("leader", -1) >= 0 for p in parts):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} has no leaders after {timeout_s:.0f} s")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
+        },
+        why_keyed="the log must be co-partitioned with decisions",
+    )
+    await ensure_topic_specs(bootstrap, [spec], partitions, replication, timeout_s)
 
 
 def apply_token(tokens: dict[bytes, TokenUse], record: TokenUse) -> None:

@@ -354,6 +354,13 @@ class PartitionWorker:
         topics, log_topic = self.deps.topics, self.config.dispatch_log
         started = time.monotonic()
         async with producer.transaction():
+            # The offset goes first: the broker verifies (KIP-890) one request per transactional
+            # id at a time, and a TxnOffsetCommit verified while a produce is being verified makes
+            # the produce fail with a retried NotEnoughReplicasError; in this order they never meet.
+            if plan.next_offset is not None:
+                await producer.send_offsets_to_transaction(
+                    {self.tp: plan.next_offset}, self.config.group
+                )
             for settlement in plan.settled:
                 for event in settlement.events:
                     await producer.send(topics.events, encode_event(event), key=event.key.encode())
@@ -369,10 +376,6 @@ class PartitionWorker:
                 )
             for dead in plan.dead:
                 await producer.send(topics.dead_letter, dead)
-            if plan.next_offset is not None:
-                await producer.send_offsets_to_transaction(
-                    {self.tp: plan.next_offset}, self.config.group
-                )
         METRICS.transaction_seconds.observe(time.monotonic() - started)
         self.seen.update(plan.keys)
         for record in (*plan.released, *plan.tokens.values()):

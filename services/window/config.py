@@ -5,14 +5,15 @@
 | WINDOW_APP_ID | `<prefix>window` | group, transactional id prefix, changelog names |
 | WINDOW_HOST | 0.0.0.0 | address the HTTP server binds |
 | WINDOW_ADVERTISED_URL | http://<hostname>:<WINDOW_PORT> | how other workers reach this one |
-| WINDOW_REPLICATION_FACTOR | 1 | replication of the changelog topics (1: single-node broker) |
 | WINDOW_BATCH | 1000 | input records per partition per transaction (at most) |
 | WINDOW_REACH_FLUSH_S | 0.5 | how often reach aggregates absorb state changes |
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
 | WINDOW_FREEZE_AT_REQUEST | unset | test hook: SIGSTOP itself mid-batch after deciding it |
 
-The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`.
+The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`. Their
+replication is that of every topic, WINDOWGATE_REPLICATION_FACTOR (`Settings.replication_factor`),
+with the `min.insync.replicas` of `changelog_configs`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from services.common.settings import Settings, env_number, env_whole
+from services.common.settings import (
+    REPLICATION_VARIABLE,
+    Settings,
+    SettingsError,
+    env_number,
+    env_whole,
+)
+from services.common.topics import replication_configs
 
 USERS_TABLE = "users"
 PAGES_TABLE = "pages"
+_OLD_REPLICATION_VARIABLE = "WINDOW_REPLICATION_FACTOR"
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,11 @@ class WindowConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> WindowConfig:
         env = settings.extra
+        if env.get(_OLD_REPLICATION_VARIABLE, "").strip():
+            raise SettingsError(
+                f"{_OLD_REPLICATION_VARIABLE} is replaced by {REPLICATION_VARIABLE}, "
+                "the replication of every topic: set that one instead"
+            )
         advertised = env.get("WINDOW_ADVERTISED_URL") or (
             f"http://{socket.gethostname()}:{settings.window_port}"
         )
@@ -50,9 +64,7 @@ class WindowConfig:
             app_id=env.get("WINDOW_APP_ID") or f"{settings.topic_prefix}window",
             host=env.get("WINDOW_HOST") or cls.host,
             advertised_url=advertised.rstrip("/"),
-            replication_factor=env_whole(
-                env, "WINDOW_REPLICATION_FACTOR", cls.replication_factor, 1
-            ),
+            replication_factor=settings.replication_factor,
             batch=env_whole(env, "WINDOW_BATCH", cls.batch, 1),
             reach_flush_s=env_number(env, "WINDOW_REACH_FLUSH_S", cls.reach_flush_s, positive=True),
             session_timeout_s=env_number(
@@ -61,6 +73,11 @@ class WindowConfig:
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
             freeze_at_request=env.get("WINDOW_FREEZE_AT_REQUEST") or None,
         )
+
+    @property
+    def changelog_configs(self) -> dict[str, str]:
+        """Topic configs for the changelogs that go with `replication_factor`."""
+        return replication_configs(self.replication_factor)
 
     @property
     def users_changelog(self) -> str:

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -36,7 +35,7 @@ from schemas.state import PageState, UserState, decode_page_state
 from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
-from services.common.topics import TopicLayoutError, Topics
+from services.common.topics import Topics
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -48,7 +47,6 @@ from windowgate.rulebook import RuleBook
 log = logging.getLogger(__name__)
 
 SCAN_CHUNK = 2_000
-TOPIC_ALREADY_EXISTS = 36
 FLUSH_CHUNK = 2_000
 
 
@@ -366,45 +364,3 @@ class WindowWorker:
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.metrics_.registry), CONTENT_TYPE_LATEST
-
-
-async def ensure_changelogs(
-    bootstrap: str, names: list[str], partitions: int, replication: int, timeout_s: float = 30.0
-) -> None:
-    """Create the compacted changelog topics up front (a first start never waits on them) and
-    refuse ones with another partition count: partition n of a changelog holds partition n's
-    state."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1e3)
-    )
-    await admin.start()
-    try:
-        configs = {"cleanup.policy": "compact", "min.insync.replicas": str(min(2, replication))}
-        response = await admin.create_topics(
-            [NewTopic(n, partitions, replication, topic_configs=configs) for n in names],
-            timeout_ms=int(timeout_s * 1000),
-        )
-        for name, code, *_ in response.topic_errors:
-            if code not in (0, TOPIC_ALREADY_EXISTS):
-                raise TopicLayoutError(f"could not create topic {name}: Kafka error code {code}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            described = {t["topic"]: t for t in await admin.describe_topics(names)}
-            counts = {n: len(described.get(n, {}).get("partitions", [])) for n in names}
-            for name, count in counts.items():
-                if count and count != partitions:
-                    raise TopicLayoutError(
-                        f"topic {name} has {count} partitions, expected {partitions} "
-                        "(WINDOWGATE_PARTITIONS): delete it or use another WINDOW_APP_ID"
-                    )
-            if all(
-                counts[n] == partitions
-                and all(p.get("leader", -1) >= 0 for p in described[n]["partitions"])
-                for n in names
-            ):
-                return
-            if time.monotonic() > deadline:
-                raise TopicLayoutError(f"topics {names} have no leaders yet")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()

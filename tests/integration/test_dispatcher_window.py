@@ -73,7 +73,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
         log=tmp / "window.log",
         partitions=PARTITIONS,
         token=API_TOKEN,
-        extra_env={"WINDOW_STORE": "memory://", "WINDOWGATE_PAGES": str(pages)},
+        extra_env={"WINDOWGATE_PAGES": str(pages)},
     ).start()
     standin = GraphStandIn(TOKENS)
     await standin.start()

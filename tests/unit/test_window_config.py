@@ -28,7 +28,7 @@ def test_every_window_variable_is_read() -> None:
         WINDOW_HOST="127.0.0.1",
         WINDOW_ADVERTISED_URL="http://w1:8081/",
         WINDOW_BATCH="50",
-        WINDOW_REPLICATION_FACTOR="3",
+        WINDOWGATE_REPLICATION_FACTOR="3",
         WINDOW_REACH_FLUSH_S="2",
         WINDOW_SESSION_TIMEOUT_S="6",
         WINDOW_LOG_LEVEL="debug",
@@ -43,7 +43,16 @@ def test_every_window_variable_is_read() -> None:
     ("name", "value", "message"),
     [
         ("WINDOW_BATCH", "0", "WINDOW_BATCH must be at least 1"),
-        ("WINDOW_REPLICATION_FACTOR", "two", "WINDOW_REPLICATION_FACTOR must be a whole number"),
+        (
+            "WINDOWGATE_REPLICATION_FACTOR",
+            "two",
+            "WINDOWGATE_REPLICATION_FACTOR must be a whole number",
+        ),
+        (
+            "WINDOW_REPLICATION_FACTOR",
+            "3",
+            "WINDOW_REPLICATION_FACTOR is replaced by WINDOWGATE_REPLICATION_FACTOR",
+        ),
         ("WINDOW_REACH_FLUSH_S", "0", "WINDOW_REACH_FLUSH_S must be positive"),
         ("WINDOW_SESSION_TIMEOUT_S", "soon", "WINDOW_SESSION_TIMEOUT_S must be a number"),
     ],
