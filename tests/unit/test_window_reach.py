@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, cast
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -252,6 +253,19 @@ PINNED = example(
 def test_the_index_counts_what_assess_says_at_every_later_moment(
     users: list[tuple[list[Event], list[Send]]], moments: list[tuple[int, int]], region: str
 ) -> None:
+    check_the_index_against_assess(users, moments, region)
+
+
+@pytest.mark.slow
+@PINNED
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(users=USERS, moments=MOMENTS, region=REGIONS)
+def test_the_index_counts_what_assess_says_with_many_examples(
+    users: list[tuple[list[Event], list[Send]]], moments: list[tuple[int, int]], region: str
+) -> None:
+    """The same property, searched much further. Against the index this replaced (these
+    strategies, no pinned example), 60 examples never found its bug in 14 runs, 2000 found it in
+    9 of 14, 5000 in 8 of 8."""
     check_the_index_against_assess(users, moments, region)
 
 
