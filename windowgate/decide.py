@@ -24,7 +24,13 @@ from windowgate.timestamps import ms_to_iso
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """One mechanism's answer: allowed (with the rule and until when) or refused (with why)."""
+    """One mechanism's answer: allowed (with the rule and until when) or refused (with why).
+
+    With the same state and rules, time alone changes what a verdict allows only at `valid_until`
+    (the grant ends; another token may take over) and at `usable_from` (something the evaluator
+    prefers comes out of a cooldown); `changes_at` is the earlier of the two. Rules starting or
+    ending are the rule book's dates, not the verdict's.
+    """
 
     allowed: bool
     reason: Reason
@@ -35,6 +41,18 @@ class Verdict:
     tag: str | None = None
     token: str | None = None
     topic: str | None = None
+    usable_from: int | None = None
+    """When a cooldown ends on a token this evaluator would grant then (on a refusal: the refusal
+    lapses; on a grant: a token preferred to the granted one becomes usable). None: no such end."""
+
+    @property
+    def changes_at(self) -> int | None:
+        """The first instant at which time alone may change what this verdict allows (None: never
+        before an event or a rule's start or end)."""
+        ends = self.valid_until if self.allowed else None
+        if ends is None or self.usable_from is None:
+            return ends if ends is not None else self.usable_from
+        return min(ends, self.usable_from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +212,7 @@ def _subscription_verdict(
             "no_token_for_topic", f"the user has no subscription token for {about}", mechanism
         )
     refusals: list[Verdict] = []
+    lifts: int | None = None  # the first cooldown end of a token before the one granted
     for token in tokens:
         expiry = _token_expiry(token, rule.months_for(token.frequency))
         if token.stopped:
@@ -210,6 +229,8 @@ def _subscription_verdict(
             )
         elif token.last_sent_at is not None and ctx.now < token.last_sent_at + cooldown_ms:
             next_at = token.last_sent_at + cooldown_ms
+            if (expiry is None or next_at < expiry) and (lifts is None or next_at < lifts):
+                lifts = next_at
             refusals.append(
                 _refuse(
                     "cooldown",
@@ -221,9 +242,18 @@ def _subscription_verdict(
             reason: Reason = "recurring_token" if mechanism == "RECURRING" else "marketing_token"
             detail = f"subscription token for {token.title or token.topic or about} ({rule.id})"
             return Verdict(
-                True, reason, detail, mechanism, rule.id, expiry, None, token.token, token.topic
+                True,
+                reason,
+                detail,
+                mechanism,
+                rule.id,
+                expiry,
+                None,
+                token.token,
+                token.topic,
+                usable_from=lifts,
             )
-    return refusals[0]
+    return replace(refusals[0], usable_from=lifts)
 
 
 def recurring_verdict(ctx: Context, topic: str | None) -> Verdict:

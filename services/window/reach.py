@@ -15,8 +15,10 @@ updated when a user's state changes:
 - State changes arrive through `mark` (the agents call it after a write) and are applied by
   `flush`, off the fold path and coalesced per user (the worker flushes every
   `WINDOW_REACH_FLUSH_S`).
-- What a verdict cannot foresee is re-checked: a user refused only for a cooldown is re-assessed
-  after `RECHECK_MS`, and every user is re-assessed when a rule of the rule book starts or ends.
+- Counters only ever drop a fact on time; what starts counting later is found by re-assessing
+  the user at the exact instant one of its verdicts can change (`Verdict.changes_at`: a grant
+  ends and another token may take over, a cooldown ends), and every user when a rule of the rule
+  book starts or ends. Between those instants `assess` and the counters agree by construction.
 - Partitions come and go with rebalances: `drop_partition` forgets one at once, and the worker
   rescans a newly assigned partition from its table before reporting it (`complete_partition`).
 
@@ -35,11 +37,9 @@ from dataclasses import dataclass
 from schemas.state import UserState
 from windowgate.decide import assess
 from windowgate.rulebook import RuleBook
-from windowgate.timeconst import DAY_MS, HOUR_MS
+from windowgate.timeconst import DAY_MS
 
 EXPIRING_SOON_MS = 7 * DAY_MS
-RECHECK_MS = HOUR_MS
-"""How soon a user refused only for a cooldown is re-assessed (a verdict gives no reopen time)."""
 
 Fact = tuple[str, int | None]
 
@@ -100,9 +100,10 @@ def _label(kind: str, name: str) -> str:
     return sys.intern(f"{kind}:{name}")
 
 
-def user_facts(state: UserState, now: int, rules: RuleBook) -> tuple[tuple[Fact, ...], bool]:
-    """What `assess` says this user can be reached by now, and until when; and whether a refusal
-    may lapse with time alone (a cooldown: no event will tell when, so the index re-checks).
+def user_facts(state: UserState, now: int, rules: RuleBook) -> tuple[tuple[Fact, ...], int | None]:
+    """What `assess` says this user can be reached by now, and until when; and the first instant
+    at which time alone may change one of its verdicts (None: only an event or a rule change can),
+    when the index must re-assess the user.
 
     Page-wide blocks are left out (the page's state is applied when the counts are read), so a
     page block or unblock does not need every user re-assessed.
@@ -110,10 +111,12 @@ def user_facts(state: UserState, now: int, rules: RuleBook) -> tuple[tuple[Fact,
     facts: list[Fact] = [("users", None)]
     reach: dict[str, int | None] = {}
     tokens: dict[tuple[str, str], int | None] = {}
-    recheck = False
+    recheck: int | None = None
     for verdict in assess(state, now, rules):
+        changes = verdict.changes_at
+        if changes is not None and (recheck is None or changes < recheck):
+            recheck = changes
         if not verdict.allowed:
-            recheck = recheck or verdict.reason == "cooldown"
             continue
         if verdict.mechanism is None:
             continue
@@ -183,6 +186,7 @@ class _Indexed:
     page_id: str
     partition: int
     facts: tuple[Fact, ...]
+    recheck_at: int | None  # the one live entry of this user in the re-check heap
 
 
 Counters = dict[str, ExpiringCounter]
@@ -222,14 +226,19 @@ class ReachIndex:
     def flush(self, now: int, limit: int | None = None) -> int:
         """Apply up to `limit` pending changes, then re-checks; returns how many were applied.
 
-        Re-checks (a cooldown that may have ended, a rule that started or ended) re-read the
+        Re-checks (a verdict that may have changed, a rule that started or ended) re-read the
         user's state from the table at their turn, so they never block the loop for long.
         """
         if self._next_boundary is not None and now >= self._next_boundary:
             self._next_boundary = self._boundary_after(now)
             self._stale.extend(self._users)
-        while self._rechecks and self._rechecks[0][0] <= now:
-            self._stale.append(heapq.heappop(self._rechecks)[1])
+        rechecks = self._rechecks
+        while rechecks and rechecks[0][0] <= now:
+            at, key = heapq.heappop(rechecks)
+            indexed = self._users.get(key)
+            if indexed is not None and indexed.recheck_at == at:  # else superseded or dropped
+                indexed.recheck_at = None
+                self._stale.append(key)
         done = 0
         dirty = self._dirty
         while dirty and (limit is None or done < limit):
@@ -251,12 +260,17 @@ class ReachIndex:
         previous = self._users.get(key)
         if previous is not None:
             self._apply(previous.page_id, previous.partition, previous.facts, remove=True)
-        facts, recheck = user_facts(state, now, self.rules)
-        self._users[key] = _Indexed(state.page_id, partition, facts)
+        facts, recheck_at = user_facts(state, now, self.rules)
+        self._users[key] = _Indexed(state.page_id, partition, facts, recheck_at)
         self._keys_by_partition.setdefault(partition, set()).add(key)
         self._apply(state.page_id, partition, facts, remove=False)
-        if recheck:
-            heapq.heappush(self._rechecks, (now + RECHECK_MS, key))
+        if recheck_at is not None:
+            heapq.heappush(self._rechecks, (recheck_at, key))
+            if len(self._rechecks) > 2 * len(self._users) + 64:  # superseded entries pile up
+                self._rechecks = [
+                    (i.recheck_at, k) for k, i in self._users.items() if i.recheck_at is not None
+                ]
+                heapq.heapify(self._rechecks)
 
     def _apply(self, page_id: str, partition: int, facts: Iterable[Fact], remove: bool) -> None:
         counters = self._counters.setdefault((page_id, partition), {})

@@ -66,6 +66,8 @@ PAGES_JSON: dict[str, Any] = {
 }
 HOUR = 3_600_000
 DEADLINE_S = 30.0
+"""How long a test waits for anything. Also the services' own waits (Graph calls, decisions,
+outcomes): a test that is not about a timeout must not meet one on a busy machine."""
 
 
 def pages() -> dict[str, PageConfig]:
@@ -94,12 +96,12 @@ def config(
         "api_tokens": (API_TOKEN,),
         "port": 0,
         "group": f"{prefix}dispatcher",
-        "graph_timeout_s": 1.0,
+        "graph_timeout_s": DEADLINE_S,
         "backoff_s": 0.05,
         "backoff_cap_s": 0.2,
         "recent": 10_000,
-        "wait_s": 10.0,
-        "outcome_wait_s": 10.0,
+        "wait_s": DEADLINE_S,
+        "outcome_wait_s": DEADLINE_S,
     }
     fields.update(kw)
     return DispatcherConfig(**fields)

@@ -36,6 +36,7 @@ from services.dispatcher.service import DispatcherService
 from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
     API_TOKEN,
+    DEADLINE_S,
     HOUR,
     PAGE_EU,
     PAGE_US,
@@ -90,7 +91,7 @@ async def api(kafka_bootstrap: str) -> AsyncIterator[Api]:
     await window.start()
     collector = Collector(kafka_bootstrap, topics)
     await collector.start()
-    cfg = config(kafka_bootstrap, prefix, standin.base_url, outcome_wait_s=5.0)
+    cfg = config(kafka_bootstrap, prefix, standin.base_url)
     service = DispatcherService(cfg, BOOK, host="127.0.0.1")
     await service.start()
     http = aiohttp.ClientSession()
@@ -209,10 +210,12 @@ async def test_proxy_one_time_token_recipient(api: Api) -> None:
     )
     body = {"recipient": {"one_time_notif_token": token}, "message": {"text": f"back {token}"}}
     url = f"/v25.0/{PAGE_EU}/messages?access_token={TOKENS[PAGE_EU]}"
-    for _ in range(100):  # the token index reads the opt-in from the events topic
+    deadline = time.monotonic() + DEADLINE_S
+    while True:  # the token index reads the opt-in from the events topic
         status, answer = await api.post(url, json=body)
         if answer.get("windowgate", {}).get("reason") != "no_token_for_topic":
             break
+        assert time.monotonic() < deadline, "the token index never learnt the opt-in"
         await asyncio.sleep(0.05)
     assert status == 200 and answer["message_id"], answer
     assert api.standin.calls_for(f"back {token}")[0].token == token
@@ -225,10 +228,14 @@ async def test_client_library_over_kafka_and_http(api: Api) -> None:
     user = unique_name("u")
     await api.know(opener(user))
     async with KafkaGateway(api.bootstrap, api.topics.prefix) as gateway:
-        decision = await gateway.send(new_request(PAGE_EU, user, message={"text": "via kafka"}))
+        decision = await gateway.send(
+            new_request(PAGE_EU, user, message={"text": "via kafka"}), timeout_s=DEADLINE_S
+        )
     assert decision is not None and decision.allowed and decision.mechanism == "RESPONSE"
     async with HttpGateway(api.url, API_TOKEN) as http:
-        reply = await http.send_and_wait(new_request(PAGE_EU, user, message={"text": "via http"}))
+        reply = await http.send_and_wait(
+            new_request(PAGE_EU, user, message={"text": "via http"}), timeout_s=DEADLINE_S
+        )
     assert reply.decision is not None and reply.decision.allowed
     assert reply.delivery is not None and reply.delivery["status"] == "sent"
     await api.collector.outcome(decision.request_id)

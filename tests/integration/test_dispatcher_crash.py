@@ -20,6 +20,7 @@ from services.common.topics import Topics
 from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
     API_TOKEN,
+    DEADLINE_S,
     PAGE_EU,
     TOKENS,
     Collector,
@@ -58,7 +59,7 @@ def environment(bootstrap: str, prefix: str, standin: GraphStandIn, tmp: Path) -
         "WINDOWGATE_PAGES": str(write_pages(tmp)),
         "WINDOWGATE_API_TOKENS": API_TOKEN,
         "DISPATCHER_ROLE": "worker",
-        "DISPATCHER_GRAPH_TIMEOUT_S": "2",
+        "DISPATCHER_GRAPH_TIMEOUT_S": str(DEADLINE_S),  # a slow answer is not what this tests
         "DISPATCHER_INSTANCE_ID": "crash-test",  # static member: the restart rejoins at once
     }
 

@@ -8,6 +8,7 @@ and the dispatch log.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -63,8 +64,9 @@ class Env:
         await produce(self.bootstrap, self.topics.decisions, records)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def env(kafka_bootstrap: str) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def running(kafka_bootstrap: str, **settings: Any) -> AsyncIterator[Env]:
+    """A dispatcher worker on fresh topics, with the kit's configuration changed by `settings`."""
     standin = GraphStandIn(TOKENS)
     await standin.start()
     prefix = unique_name("dispatch") + "."
@@ -72,7 +74,9 @@ async def env(kafka_bootstrap: str) -> AsyncIterator[Env]:
     collector = Collector(kafka_bootstrap, topics)
     await collector.start()
     service = DispatcherService(
-        config(kafka_bootstrap, prefix, standin.base_url, role="worker"), BOOK, host="127.0.0.1"
+        config(kafka_bootstrap, prefix, standin.base_url, role="worker", **settings),
+        BOOK,
+        host="127.0.0.1",
     )
     await service.start()
     try:
@@ -81,6 +85,12 @@ async def env(kafka_bootstrap: str) -> AsyncIterator[Env]:
         await service.stop()
         await collector.stop()
         await standin.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def env(kafka_bootstrap: str) -> AsyncIterator[Env]:
+    async with running(kafka_bootstrap) as started:
+        yield started
 
 
 def uid(name: str) -> str:
@@ -209,17 +219,21 @@ async def test_rate_limit_is_retried_until_delivered(env: Env) -> None:
     assert env.standin.double_used_tokens() == {}  # rate-limited calls delivered nothing
 
 
-async def test_graph_timeout_is_unknown_and_never_retried(env: Env) -> None:
-    user = User(PAGE_EU, uid("u")).opted_in("otn-slow")
-    env.standin.script("timeout", recipient="otn-slow", delay_s=1.5)  # client gives up at 1 s
-    record = user.decide(uid("r"), BOOK, purpose="otn", topic="restock")
-    await env.send(record)
-    rid = record.decision.request_id
-    done = await env.collector.outcome(rid)
-    assert done.status == "unknown" and done.calls == 1
-    assert any(isinstance(e, TokenOutcomeUnknown) for e in env.collector.events_of(rid))
-    await until(lambda: len(env.standin.calls_for(f"hello {rid}")) == 1, "the slow call")
-    assert env.standin.token_uses()["otn-slow"] == 1
+async def test_graph_timeout_is_unknown_and_never_retried(kafka_bootstrap: str) -> None:
+    # Its own dispatcher, the only one with a short Graph timeout. The stand-in runs on the same
+    # event loop and starts its delay after the client started its clock, so the client always
+    # gives up first, however busy the machine.
+    async with running(kafka_bootstrap, graph_timeout_s=0.5) as env:
+        user = User(PAGE_EU, uid("u")).opted_in("otn-slow")
+        env.standin.script("timeout", recipient="otn-slow", delay_s=3.0)
+        record = user.decide(uid("r"), BOOK, purpose="otn", topic="restock")
+        await env.send(record)
+        rid = record.decision.request_id
+        done = await env.collector.outcome(rid)
+        assert done.status == "unknown" and done.calls == 1
+        assert any(isinstance(e, TokenOutcomeUnknown) for e in env.collector.events_of(rid))
+        await until(lambda: len(env.standin.calls_for(f"hello {rid}")) == 1, "the slow call")
+        assert env.standin.token_uses()["otn-slow"] == 1
 
 
 async def test_expired_decision_is_not_sent_and_frees_its_token(env: Env) -> None:
