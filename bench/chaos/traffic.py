@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from schemas.events import Event
+from schemas.events import Event, OtnOptin
 from services.common.runtime import now_ms
 from services.ingest.signature import sign
 from windowgate.normalise import normalise
@@ -115,6 +115,7 @@ class Traffic:
             for page in pages
         }
         self.heard: dict[str, list[str]] = {page: [] for page in pages}  # users who wrote
+        self.opted: list[tuple[str, str, str]] = []  # (page, user, topic) of accepted opt-ins
         self.ingest_url = ingest_url
         self.dispatcher_urls = dispatcher_urls
         self.secret = app_secret.encode()
@@ -178,6 +179,7 @@ class Traffic:
         return body
 
     def new_request(self, page: str | None = None, user: str | None = None) -> Request | None:
+        probe = page is not None and user is not None
         if page is None or user is None:
             candidates = [p for p in self.pages if self.heard[p]]
             if not candidates:
@@ -201,6 +203,9 @@ class Traffic:
             wire["topic"] = self.rng.choice(TOPICS)
         else:
             wire["purpose"] = "response"
+        if "topic" in wire and self.opted and self.rng.random() < 0.8 and not probe:
+            # Mostly users who did opt in to the topic: tokens get spent, and asked for again.
+            wire["page_id"], wire["user_id"], wire["topic"] = self.rng.choice(self.opted)
         request = Request(wire)
         self.ledger.requests[request_id] = request
         return request
@@ -240,6 +245,8 @@ class Traffic:
                     heard = self.heard[event.page_id]
                     if event.user_id not in heard:
                         heard.append(event.user_id)
+                    if isinstance(event, OtnOptin):
+                        self.opted.append((event.page_id, event.user_id, event.topic))
                 return True
             if status in (400, 403, 413) or time.monotonic() > (until or self.give_up_at):
                 return False
