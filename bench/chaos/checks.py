@@ -224,11 +224,17 @@ def check_decisions(ledger: Ledger, decisions: dict[str, list[Decision]]) -> Dec
         kinds = {signature(d) for d in firsts}
         if not firsts:
             found.no_decision.add(request_id)
-            found.without_one.add(f"{request_id}: no decision")
+            found.without_one.add(
+                f"{request_id}: no decision (answers {request.statuses}, "
+                f"submitted {request.submissions}x)"
+            )
             continue
         if len(kinds) > 1:
             found.conflicting.add(f"{request_id}: {sorted(map(str, kinds))}")
-            found.without_one.add(f"{request_id}: {len(kinds)} different decisions")
+            found.without_one.add(
+                f"{request_id}: {len(firsts)} decisions, {len(kinds)} different: "
+                + "; ".join(sorted(map(str, kinds)))
+            )
         first = signature(firsts[0])
         for answer in request.answers:
             if signature(answer) != first:

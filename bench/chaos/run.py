@@ -55,6 +55,7 @@ PAUSE_S = 2.0  # a killed process stays down this long
 STARTUP_LIMIT_S = 180.0
 RECOVERY_LIMIT_S = 120.0
 HUNG_START_S = 25.0
+STUCK_S = 20.0  # settling ends early when nothing changed for this long
 
 
 @dataclass
@@ -431,6 +432,8 @@ class Chaos:
         ledger = self.traffic.ledger
         topics = Topics(self.prefix)
         deadline = fault_end + self.opts.settle_s
+        last: tuple[int, int] | None = None
+        unchanged_since = time.monotonic()
         while True:
             events = decode_events(await read_topic(self.broker.bootstrap, topics.events))
             decisions = decode_decisions(await read_topic(self.broker.bootstrap, topics.decisions))
@@ -438,8 +441,13 @@ class Chaos:
             states = await user_states(self.session, window_urls, API_TOKEN, users)
             hooks = check_webhooks(ledger, events, states)
             asked = check_decisions(ledger, decisions)
-            if (hooks.lost.count == 0 and asked.without_one.count == 0) or (
-                time.monotonic() > deadline
+            now = (hooks.lost.count, asked.without_one.count)
+            if now != last:
+                last, unchanged_since = now, time.monotonic()
+            if (
+                now == (0, 0)
+                or time.monotonic() > deadline
+                or time.monotonic() - unchanged_since > STUCK_S
             ):
                 break
             say(
@@ -491,6 +499,7 @@ class Chaos:
                 "events_missing_in_live_state": finding(hooks.missing_in_state),
                 "users_whose_state_query_went_unanswered": finding(hooks.state_unanswered),
                 "accepted_webhooks_lost": finding(hooks.lost),
+                "requests_without_exactly_one_decision": finding(asked.without_one),
                 "requests_without_a_decision": finding(asked.no_decision),
                 "requests_with_conflicting_decisions": finding(asked.conflicting),
                 "answers_differing_from_the_decisions_topic": finding(asked.answer_mismatch),
