@@ -277,6 +277,11 @@ class Chaos:
         service.env.update(override)
         service.start()
 
+    async def restart_on_stale_dir(self, name: str) -> None:
+        stale = self.work / f"{name}-stale"
+        shutil.copytree(self.stale_dir, stale)
+        await self.kill_and_restart(name, WINDOW_DATA_DIR=str(stale))
+
     async def freeze(self, name: str) -> None:
         service = self.services[name]
         service.freeze()
@@ -295,7 +300,6 @@ class Chaos:
     def plan(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """Every service killed once, the broker crashed, window workers frozen (in steady traffic
         and right after the broker returns), a worker restarted on a stale data dir."""
-        stale = str(self.work / "window-2-stale")
         faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("kill -9 ingest", lambda: self.kill_and_restart("ingest")),
             ("kill -9 window-1", lambda: self.kill_and_restart("window-1")),
@@ -308,7 +312,7 @@ class Chaos:
             ("kill -9 dispatcher-2", lambda: self.kill_and_restart("dispatcher-2")),
             (
                 "kill -9 window-2, restart on a stale data dir",
-                lambda: self.kill_and_restart("window-2", WINDOW_DATA_DIR=stale),
+                lambda: self.restart_on_stale_dir("window-2"),
             ),
         ]
         if self.opts.seconds >= 200:
@@ -332,8 +336,6 @@ class Chaos:
             self.now_fault = name
             say(f"fault {n + 1}/{len(plan)} at {record.at_s:.0f} s: {name}")
             began = time.monotonic()
-            if name.startswith("kill -9 window-2, restart on a stale"):
-                shutil.copytree(self.stale_dir, self.work / "window-2-stale")
             await fault()
             record.duration_s = round(time.monotonic() - began, 1)
             self.now_fault = f"recovering from: {name}"
