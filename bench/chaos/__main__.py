@@ -46,6 +46,8 @@ def summary(report: dict[str, Any]) -> str:
         for part in ("events_missing_in_topic", "events_missing_in_live_state"):
             found = details[part]
             lines.append(f"       {part.replace('_', ' ')}: {found['count']}")
+        for window, n in report["accepted_webhooks_lost_by_fault"].items():
+            lines.append(f"       {n} accepted after: {window}")
     if report["counts"]["replay_differences"]:
         lines.append("       replay: " + details["replay"]["summary"].replace("\n", "\n       "))
     lines.append("PASS: every count is 0" if report["passed"] else "FAILED: see the counts above")

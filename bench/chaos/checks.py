@@ -166,6 +166,7 @@ class WebhookFindings:
     missing_in_topic: Finding
     missing_in_state: Finding
     state_unanswered: Finding
+    lost_at: list[float] = field(default_factory=list)  # when each lost body was accepted
 
 
 def check_webhooks(
@@ -195,6 +196,8 @@ def check_webhooks(
             counted.add(ident)
         if lost:
             found.lost.add(f"body answered 200: {'; '.join(lost[:2])}")
+            if body.accepted_at is not None:
+                found.lost_at.append(body.accepted_at)
     return found
 
 

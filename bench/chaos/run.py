@@ -511,6 +511,7 @@ class Chaos:
                 "replay": {"exit_code": replay.exit_code, "summary": replay.summary},
             },
             "faults": [asdict(f) for f in self.faults],
+            "accepted_webhooks_lost_by_fault": self.by_fault(hooks.lost_at),
             "traffic": {
                 "webhook_bodies": len(ledger.bodies),
                 "webhook_bodies_accepted": len(accepted),
@@ -552,6 +553,18 @@ class Chaos:
                 "broker_starts": self.broker.starts,
             },
         }
+
+    def by_fault(self, times: list[float]) -> dict[str, int]:
+        """How many of `times` (monotonic) fell after each fault began, before the next one."""
+        counts: dict[str, int] = {}
+        for at in times:
+            since = at - self.started
+            name = "before the first fault"
+            for fault in self.faults:
+                if fault.at_s <= since:
+                    name = f"{fault.at_s:.0f} s {fault.name}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
     async def close(self) -> None:
         """Stop every process this run started and remove its temp dirs; whatever happened."""

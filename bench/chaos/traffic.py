@@ -47,6 +47,7 @@ class Body:
     raw: bytes
     events: tuple[Event, ...]
     statuses: list[int] = field(default_factory=list)  # 0: connection error / timeout
+    accepted_at: float | None = None  # monotonic: its first 200
 
     @property
     def accepted(self) -> bool:
@@ -241,6 +242,8 @@ class Traffic:
             body.statuses.append(status)
             self.ledger.ingest_status[status] += 1
             if status == 200:
+                if body.accepted_at is None:
+                    body.accepted_at = time.monotonic()
                 for event in body.events:
                     heard = self.heard[event.page_id]
                     if event.user_id not in heard:
