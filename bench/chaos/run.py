@@ -103,6 +103,7 @@ class Chaos:
         self.started = time.monotonic()
         self.stale_dir = self.work / "stale-window"
         self.probes = 0
+        self.commit = _commit()  # the code this run loaded, not what is checked out at its end
         self.hung_starts: list[str] = []
         self.others: dict[str, Service] = {}  # not part of the stack: the previous run
         self.traffic: Traffic | None = None
@@ -549,7 +550,7 @@ class Chaos:
                 "pages": len(PAGES),
                 "users_per_page": self.opts.users_per_page,
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "commit": _commit(),
+                "commit": self.commit,
                 "broker_starts": self.broker.starts,
             },
         }
@@ -584,7 +585,7 @@ class Chaos:
 def _commit() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
