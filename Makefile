@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo test test-unit bench bench-quick lint broker broker-stop clean
+.PHONY: install run demo test test-unit bench bench-quick chaos lint broker broker-stop clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ bench-quick: install
 	$(PY) -m bench.ingest --quick
 	$(PY) -m bench.window --quick
 	$(PY) -m bench.dispatcher --quick
+
+## Fault test: the whole stack as processes under kill -9, broker crashes and freezes (< 5 min).
+chaos: install
+	$(PY) -m bench.chaos --seconds 240
 
 lint: install
 	$(PY) -m ruff check .

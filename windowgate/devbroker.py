@@ -665,6 +665,21 @@ class LocalKafka:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the broker's process group at once, like a crash (no controlled shutdown).
+
+        The data dir is kept even when this LocalKafka made it: a new LocalKafka with the same
+        ports and ``data_dir`` restarts the same cluster on it (``make chaos``).
+        """
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if self._node is not None:
+            self._node.pid_file.unlink(missing_ok=True)
+
     @property
     def logs(self) -> tuple[Path, ...]:
         return self._node.logs if self._node is not None else ()
