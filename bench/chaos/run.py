@@ -280,7 +280,11 @@ class Chaos:
 
     async def restart_on_stale_dir(self, name: str) -> None:
         stale = self.work / f"{name}-stale"
-        shutil.copytree(self.stale_dir, stale)
+        if self.stale_dir.exists():
+            shutil.copytree(self.stale_dir, stale)
+        else:  # a worker that keeps nothing on disk left nothing behind: leave something odd
+            stale.mkdir(parents=True)
+            (stale / "left-behind-by-another-run").write_bytes(b"\x00stale\xff")
         await self.kill_and_restart(name, WINDOW_DATA_DIR=str(stale))
 
     async def freeze(self, name: str) -> None:
