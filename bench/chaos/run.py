@@ -29,6 +29,7 @@ from bench.chaos.checks import (
     decode_decisions,
     decode_events,
     read_topic,
+    request_ids,
     run_replay,
     user_states,
 )
@@ -443,7 +444,8 @@ class Chaos:
             users = {(e.page_id, e.user_id) for b in ledger.bodies if b.accepted for e in b.events}
             states = await user_states(self.session, window_urls, API_TOKEN, users)
             hooks = check_webhooks(ledger, events, states)
-            asked = check_decisions(ledger, decisions)
+            published = request_ids(await read_topic(self.broker.bootstrap, topics.send_requests))
+            asked = check_decisions(ledger, decisions, published)
             now = (hooks.lost.count, asked.without_one.count)
             if now != last:
                 last, unchanged_since = now, time.monotonic()
