@@ -23,6 +23,7 @@ from bench.chaos.traffic import Ledger, request_id_of
 from schemas.codec import SchemaError
 from schemas.decision import Decision, decode_decision_record
 from schemas.events import Event, MessageReceived, OtnOptin, decode_event
+from schemas.request import decode_request
 from tests.graph_standin import Call
 from windowgate.timeconst import HOUR_MS
 
@@ -218,7 +219,20 @@ class DecisionFindings:
     answer_mismatch: Finding  # the HTTP answer says otherwise than the decisions topic
 
 
-def check_decisions(ledger: Ledger, decisions: dict[str, list[Decision]]) -> DecisionFindings:
+def request_ids(values: Iterable[bytes]) -> set[str]:
+    """The request ids in `send-requests` (to tell a request never published from one undecided)."""
+    ids = set()
+    for raw in values:
+        try:
+            ids.add(decode_request(raw).request_id)
+        except SchemaError:
+            continue
+    return ids
+
+
+def check_decisions(
+    ledger: Ledger, decisions: dict[str, list[Decision]], published: set[str] | None = None
+) -> DecisionFindings:
     found = DecisionFindings(Finding(), Finding(), Finding(), Finding())
     for request_id, request in ledger.requests.items():
         if not request.answered:
@@ -229,7 +243,9 @@ def check_decisions(ledger: Ledger, decisions: dict[str, list[Decision]]) -> Dec
             found.no_decision.add(request_id)
             found.without_one.add(
                 f"{request_id}: no decision (answers {request.statuses}, "
-                f"submitted {request.submissions}x)"
+                f"submitted {request.submissions}x"
+                + ("" if published is None else f", in send-requests: {request_id in published}")
+                + ")"
             )
             continue
         if len(kinds) > 1:

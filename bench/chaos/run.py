@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from bench.chaos.checks import (
     decode_decisions,
     decode_events,
     read_topic,
+    request_ids,
     run_replay,
     user_states,
 )
@@ -80,6 +82,25 @@ class FaultRecord:
     note: str = ""
 
 
+WORK_PREFIX = "windowgate-chaos-"
+OWNER_FILE = "harness.pid"
+
+
+def new_work_dir() -> Path:
+    """A temp dir for this run, after removing those of runs killed with SIGKILL (their harness
+    could not clean up; its children died with it): dirs whose owner pid is no longer alive."""
+    for old in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"):
+        try:
+            pid = int((old / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not one this code made, or still being set up: leave it
+        if not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    (work / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    return work
+
+
 def say(message: str) -> None:
     print(f"chaos: {message}", flush=True)
 
@@ -87,7 +108,7 @@ def say(message: str) -> None:
 @dataclass
 class Chaos:
     opts: Options
-    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="windowgate-chaos-")))
+    work: Path = field(default_factory=lambda: new_work_dir())
     services: dict[str, Service] = field(default_factory=dict)
     faults: list[FaultRecord] = field(default_factory=list)
     now_fault: str = "warming up"
@@ -447,7 +468,8 @@ class Chaos:
             users = {(e.page_id, e.user_id) for b in ledger.bodies if b.accepted for e in b.events}
             states = await user_states(self.session, window_urls, API_TOKEN, users)
             hooks = check_webhooks(ledger, events, states)
-            asked = check_decisions(ledger, decisions)
+            published = request_ids(await read_topic(self.broker.bootstrap, topics.send_requests))
+            asked = check_decisions(ledger, decisions, published)
             now = (hooks.lost.count, asked.without_one.count)
             if now != last:
                 last, unchanged_since = now, time.monotonic()
