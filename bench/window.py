@@ -1119,10 +1119,10 @@ async def rebuild_and_restore(
             f"first start on the same changelog: {first_served:,.1f} s "
             f"(/healthz 200 at {healthy:,.1f} s; first start {first_healthy:,.1f} s)",
             first_served,
-            "≤ 60 s"
-            if full
-            else f"≤ 60 s for 1 M users (scaled: {served * 1_000_000 / len(users):,.0f} s)",
-            served <= 60 if full else served * 1_000_000 / len(users) <= 60,
+            # Not scaled from a smaller run: about 10 s of it is the group waiting out the killed
+            # member's session, whatever the number of users.
+            "≤ 60 s" if full else "≤ 60 s for 1 M users: see a full run",
+            served <= 60 if full else None,
             {
                 "healthz_s": healthy,
                 "first_start_healthz_s": first_healthy,
