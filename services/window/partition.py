@@ -40,6 +40,9 @@ from windowgate.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 
+CACHE_USERS = 4_000
+"""Decoded states kept per partition for the users most recently touched (memory vs. CPU)."""
+
 
 @dataclass
 class WindowShared:
@@ -115,7 +118,7 @@ class WindowPartition:
         self.shared = shared
         self.users: dict[bytes, bytes] = {}
         self.pages: dict[bytes, PageState] = {}
-        self.cache = DecodeCache(20_000)
+        self.cache = DecodeCache(CACHE_USERS)
         self.positions: dict[TopicPartition, int] = {}
         self.keep = False
         self.restored_records = 0

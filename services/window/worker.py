@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -41,13 +42,24 @@ from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
 from services.window.queries import reach_view, user_view
 from services.window.reach import ReachIndex
+from services.window.store import decode_stored_user
 from services.window.web import QueryApi, WebServer
 from windowgate.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 
-SCAN_CHUNK = 2_000
+SCAN_CHUNK = 500
+SETTLE_EVERY_S = 30.0
 FLUSH_CHUNK = 2_000
+
+
+def settle_long_lived_objects() -> None:
+    """Move everything alive now out of the cycle collector's sight (`gc.freeze`).
+
+    A worker holds millions of long-lived, acyclic objects (users' state, reach facts); profiling
+    showed the collector walking them again and again for ~28% of the worker's CPU. Reference
+    counting still frees them when they are replaced; only cycle detection skips them."""
+    gc.freeze()
 
 
 class Metrics:
@@ -283,18 +295,22 @@ class WindowWorker:
             return
         await task.ready.wait()
         self.metrics_.restore.observe(task.stats.restore_s)
+        # The scan is CPU-bound: let every partition finish its restore (and serve) first.
+        for other in list(self.runner.tasks.values()):
+            await other.ready.wait()
         logic = self.runner.logics.get(n)
-        if not isinstance(logic, WindowPartition):
+        if not isinstance(logic, WindowPartition) or self.runner.tasks.get(n) is not task:
             return
         started = time.monotonic()
         for i, key in enumerate(list(logic.users)):
-            stored = logic.get_user(key)
-            if stored is not None:
-                self.reach.mark(key, n, stored.state)
+            raw = logic.users.get(key)  # decoded here without filling the partition's cache
+            if raw is not None:
+                self.reach.mark(key, n, decode_stored_user(raw).state)
             if i % SCAN_CHUNK == SCAN_CHUNK - 1:
                 self.reach.flush(self.clock())
                 await asyncio.sleep(0)
         self.reach.flush(self.clock())
+        settle_long_lived_objects()
         if self.runner.tasks.get(n) is task:
             self.reach.complete_partition(n)
             log.info(
@@ -308,8 +324,12 @@ class WindowWorker:
             )
 
     async def _flush_reach_forever(self) -> None:
+        settled = time.monotonic()
         while True:
             await asyncio.sleep(self.config.reach_flush_s)
+            if time.monotonic() - settled > SETTLE_EVERY_S:  # states written since: long-lived
+                settled = time.monotonic()
+                settle_long_lived_objects()
             for _ in range(1_000):
                 if self.reach.flush(self.clock(), limit=FLUSH_CHUNK) < FLUSH_CHUNK:
                     break
