@@ -296,8 +296,9 @@ class WindowWorker:
         await task.ready.wait()
         self.metrics_.restore.observe(task.stats.restore_s)
         # The scan is CPU-bound: let every partition finish its restore (and serve) first.
-        for other in list(self.runner.tasks.values()):
-            await other.ready.wait()
+        while waiting := [t for t in self.runner.tasks.values() if not t.ready.is_set()]:
+            with contextlib.suppress(TimeoutError):  # re-read: a partition may have gone
+                await asyncio.wait_for(waiting[0].ready.wait(), 1.0)
         logic = self.runner.logics.get(n)
         if not isinstance(logic, WindowPartition) or self.runner.tasks.get(n) is not task:
             return
