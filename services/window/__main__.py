@@ -20,15 +20,9 @@ from schemas.codec import SchemaError
 from services.common.logs import configure_logging
 from services.common.runtime import load_rulebook
 from services.common.settings import Settings, SettingsError
-from services.common.topics import (
-    TopicLayoutError,
-    Topics,
-    TopicSpec,
-    ensure_topic_specs,
-    ensure_topics,
-)
+from services.common.topics import TopicLayoutError, Topics, ensure_topics
 from services.window.config import WindowConfig
-from services.window.worker import WindowWorker
+from services.window.worker import WindowWorker, ensure_changelogs
 from windowgate.rulebook import RuleBook
 
 USAGE = "usage: python -m services.window {worker | replay [options]}"
@@ -58,17 +52,9 @@ async def _serve(settings: Settings, config: WindowConfig, rules: RuleBook) -> i
             settings.partitions,
             config.replication_factor,
         )
-        compacted = {"cleanup.policy": "compact"}
-        await ensure_topic_specs(  # partition n of a changelog holds partition n's state
+        await ensure_changelogs(
             settings.kafka_bootstrap,
-            [
-                TopicSpec(
-                    name,
-                    configs=compacted,
-                    why_keyed="a changelog's partition n holds the state of partition n",
-                )
-                for name in (config.users_changelog, config.pages_changelog)
-            ],
+            [config.users_changelog, config.pages_changelog],
             settings.partitions,
             config.replication_factor,
         )

@@ -36,7 +36,7 @@ from schemas.state import PageState, UserState, decode_page_state
 from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
-from services.common.topics import Topics
+from services.common.topics import Topics, TopicSpec, ensure_topic_specs
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -385,3 +385,23 @@ class WindowWorker:
 
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.metrics_.registry), CONTENT_TYPE_LATEST
+
+
+async def ensure_changelogs(
+    bootstrap: str, names: list[str], partitions: int, replication: int | None = None
+) -> None:
+    """Create the compacted changelogs up front (a first start never waits on them); refuse
+    ones with another partition count: a changelog's partition n holds partition n's state."""
+    await ensure_topic_specs(
+        bootstrap,
+        [
+            TopicSpec(
+                name,
+                configs={"cleanup.policy": "compact"},
+                why_keyed="a changelog's partition n holds the state of partition n",
+            )
+            for name in names
+        ],
+        partitions,
+        replication,
+    )
