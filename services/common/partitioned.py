@@ -43,6 +43,8 @@ from aiokafka.coordinator.protocol import (
 )
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from services.common.kafka import fencing_producer
+
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -239,12 +241,9 @@ class PartitionTask:
         self.stats.acquisitions += 1
         self.runner.pause([self.partition])
         self.queue.clear()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.runner.bootstrap,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
+        producer = fencing_producer(
+            self.runner.bootstrap,
+            self.transactional_id,
             max_batch_size=512 * 1024,
             transaction_timeout_ms=self.runner.transaction_timeout_ms,
             request_timeout_ms=self.runner.request_timeout_ms,
@@ -510,24 +509,21 @@ class PartitionedRunner:
     def _tps(self, partitions: set[int] | list[int]) -> list[TopicPartition]:
         return [TopicPartition(t, n) for n in partitions for t in self.topics]
 
-    def pause(self, partitions: set[int] | list[int]) -> None:
+    def _owned_tps(self, partitions: set[int] | list[int]) -> list[TopicPartition]:
         consumer = self.consumer
-        if consumer is None:
-            return
-        owned = consumer.assignment()
-        tps = [tp for tp in self._tps(partitions) if tp in owned]
-        if tps:
-            consumer.pause(*tps)
+        owned = consumer.assignment() if consumer is not None else set()
+        return [tp for tp in self._tps(partitions) if tp in owned]
+
+    def pause(self, partitions: set[int] | list[int]) -> None:
+        tps = self._owned_tps(partitions)
+        if tps and self.consumer is not None:
+            self.consumer.pause(*tps)
         self._paused |= set(partitions)
 
     def resume(self, partitions: set[int] | list[int]) -> None:
-        consumer = self.consumer
-        if consumer is None:
-            return
-        owned = consumer.assignment()
-        tps = [tp for tp in self._tps(partitions) if tp in owned]
-        if tps:
-            consumer.resume(*tps)
+        tps = self._owned_tps(partitions)
+        if tps and self.consumer is not None:
+            self.consumer.resume(*tps)
         self._paused -= set(partitions)
 
     async def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:

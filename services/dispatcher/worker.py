@@ -42,6 +42,7 @@ from schemas.codec import SchemaError
 from schemas.decision import DecisionRecord, decode_decision_record
 from schemas.events import encode_event
 from services.common.deadletter import dead_letter_record
+from services.common.kafka import fencing_producer
 from services.common.runtime import now_ms
 from services.common.topics import Topics
 from services.dispatcher.config import CrashPoint, DispatcherConfig
@@ -171,15 +172,7 @@ class PartitionWorker:
         await self._close_producer()
 
     async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.config.bootstrap,
-            transactional_id=self.transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            retry_backoff_ms=20,
-        )
+        producer = fencing_producer(self.config.bootstrap, self.transactional_id)
         await producer.start()  # init_transactions: fences the previous owner, aborts its txn
         return producer
 
