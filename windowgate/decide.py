@@ -9,7 +9,7 @@ service's queries, so every answer about a mechanism comes from the same code.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.decision import Alternative, Decision
@@ -53,6 +53,51 @@ class Verdict:
         if ends is None or self.usable_from is None:
             return ends if ends is not None else self.usable_from
         return min(ends, self.usable_from)
+
+    # `dataclasses.replace` looks the fields up on every call: too slow for the refusal path,
+    # which amends a few verdicts per decision. These copy the slots directly.
+
+    def with_detail(self, detail: str) -> Verdict:
+        return Verdict(
+            self.allowed,
+            self.reason,
+            detail,
+            self.mechanism,
+            self.rule,
+            self.valid_until,
+            self.tag,
+            self.token,
+            self.topic,
+            self.usable_from,
+        )
+
+    def with_valid_until(self, valid_until: int | None) -> Verdict:
+        return Verdict(
+            self.allowed,
+            self.reason,
+            self.detail,
+            self.mechanism,
+            self.rule,
+            valid_until,
+            self.tag,
+            self.token,
+            self.topic,
+            self.usable_from,
+        )
+
+    def with_usable_from(self, usable_from: int | None) -> Verdict:
+        return Verdict(
+            self.allowed,
+            self.reason,
+            self.detail,
+            self.mechanism,
+            self.rule,
+            self.valid_until,
+            self.tag,
+            self.token,
+            self.topic,
+            usable_from,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +298,7 @@ def _subscription_verdict(
                 token.topic,
                 usable_from=lifts,
             )
-    return replace(refusals[0], usable_from=lifts)
+    return refusals[0].with_usable_from(lifts)
 
 
 def recurring_verdict(ctx: Context, topic: str | None) -> Verdict:
@@ -386,14 +431,20 @@ def assess(
     blocked = _blocked(ctx, page_state)
     if blocked is not None:
         return [blocked]
+    return _assess(ctx)
+
+
+def _assess(ctx: Context) -> list[Verdict]:
+    """`assess` for a user no precondition blocks."""
+    state, now, rules = ctx.state, ctx.now, ctx.rules
     human = human_agent_verdict(ctx, "a human")
     utility = utility_verdict(ctx, {"template": {"name": "approved"}})
     verdicts = [
         window_verdict(ctx),
-        replace(human, detail=f"a human's manual reply, named in human_author ({human.detail})")
+        human.with_detail(f"a human's manual reply, named in human_author ({human.detail})")
         if human.allowed
         else human,
-        replace(utility, detail="an approved utility template in message.template.name")
+        utility.with_detail("an approved utility template in message.template.name")
         if utility.allowed
         else utility,
     ]
@@ -409,8 +460,14 @@ def assess(
 def _alternatives(
     ctx: Context, page_state: PageState | None, asked: Verdict
 ) -> tuple[Alternative, ...]:
+    """The other mechanisms `assess` allows now (its context: the user's page, as `assess` has)."""
+    state = ctx.state
+    if ctx.page.page_id != state.page_id:
+        ctx = Context(state, ctx.now, ctx.rules, ctx.rules.page(state.page_id), ctx.platform)
+    if _blocked(ctx, page_state) is not None:
+        return ()  # a blocked user has no alternatives: `assess` says only why it is blocked
     found = []
-    for verdict in assess(ctx.state, ctx.now, ctx.rules, page_state, ctx.platform):
+    for verdict in _assess(ctx):
         if (
             verdict.allowed
             and verdict.mechanism is not None
@@ -446,7 +503,7 @@ def decide(
         and request.send_by is not None
         and (verdict.valid_until is None or request.send_by < verdict.valid_until)
     ):
-        verdict = replace(verdict, valid_until=request.send_by)
+        verdict = verdict.with_valid_until(request.send_by)
     alternatives = () if verdict.allowed else _alternatives(ctx, page_state, verdict)
     return Decision(
         request_id=request.request_id,

@@ -1,8 +1,11 @@
-"""The few impure things a service needs from its surroundings: the clock and the rule book."""
+"""The few impure things a service needs from its surroundings: the clock, the rule book and the
+garbage collector's settings."""
 
 from __future__ import annotations
 
+import gc
 import time
+from typing import Final
 
 from services.common.settings import Settings
 from windowgate.pages import load_pages
@@ -18,3 +21,19 @@ def load_rulebook(settings: Settings) -> RuleBook:
     """The packaged (or WINDOWGATE_RULES) rules with the WINDOWGATE_PAGES settings applied."""
     pages = load_pages(settings.pages_path) if settings.pages_path else {}
     return load_rules(settings.rules_path, pages)
+
+
+GC_YOUNG_THRESHOLD: Final = 50_000
+
+
+def relax_gc() -> None:
+    """Tune the cycle collector for a server that allocates many short-lived objects per request.
+
+    With the default threshold (700) the collector runs every few requests and re-scans
+    everything alive. Freezing the start-up objects and letting the young generation grow cut the
+    CPU per body by about a tenth in bench.ingest; in the dispatcher over HTTP, py-spy --native
+    had the collector at a quarter of the process's CPU before."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

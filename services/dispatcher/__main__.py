@@ -14,7 +14,7 @@ import sys
 
 from schemas.codec import SchemaError
 from services.common.logs import configure_logging
-from services.common.runtime import load_rulebook
+from services.common.runtime import load_rulebook, relax_gc
 from services.common.settings import Settings, SettingsError
 from services.dispatcher.config import DispatcherConfig
 from services.dispatcher.service import serve
@@ -30,6 +30,7 @@ def main() -> int:
     except (SettingsError, SchemaError, RulesError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
+    relax_gc()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, rules))
     return 0

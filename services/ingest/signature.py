@@ -6,7 +6,6 @@ Checked before any parsing, on the bytes exactly as received: Meta signs its own
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Final
 
@@ -16,7 +15,13 @@ _PREFIX: Final = "sha256="
 
 def sign(secret: bytes, body: bytes) -> str:
     """The header value Meta would send for `body` (tests, the benchmark and the demo use it)."""
-    return _PREFIX + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return _PREFIX + _hex_digest(secret, body)
+
+
+def _hex_digest(secret: bytes, body: bytes) -> str:
+    # hmac.digest is OpenSSL's one-shot HMAC: a third cheaper than hmac.new(...).hexdigest(),
+    # which ingest paid on every body.
+    return hmac.digest(secret, body, "sha256").hex()
 
 
 def verify(secret: bytes, body: bytes, header: str | None) -> str | None:
@@ -28,7 +33,7 @@ def verify(secret: bytes, body: bytes, header: str | None) -> str | None:
     if not header or not header.startswith(_PREFIX):
         return None
     given = header[len(_PREFIX) :].strip().lower()
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    expected = _hex_digest(secret, body)
     if not given.isascii():  # compare_digest refuses non-ASCII str: treat as a mismatch
         return None
     return expected if hmac.compare_digest(given, expected) else None
