@@ -334,6 +334,14 @@ def scale_section(scale: Result | None, plotted: bool, plots: str) -> list[str]:
             f"| {p['rss_bytes'] / 2**20:,.0f} MiB | {p['memory_per_user_bytes']:,.0f} B "
             f"| {p['stored_value_mean_bytes']:,.0f} B |"
         )
+    lines += [
+        "",
+        "Restore after kill -9 includes the group waiting out the dead member's session "
+        "(WINDOW_SESSION_TIMEOUT_S, 10 s) whatever the number of users; first start is the "
+        "restore alone. Memory per user is (RSS after restore − empty worker) / users: the "
+        "smallest run's is mostly noise. 5 M users: `python -m bench.window --scale --users "
+        "10000,100000,1000000,5000000` (about 5 GiB of RSS), when the machine has the time.",
+    ]
     if plotted:
         lines += ["", f"![cost against users]({plots}/scale.png)"]
     lines += ["", *figure_rows(scale)]
