@@ -90,7 +90,8 @@ def provenance(result: Result) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(d.get("versions", {}).items()))
     return (
         f"`{result.path.name}`: {'quick' if d.get('quick') else 'full'} run started "
-        f"{d.get('started', '?')} on commit `{d.get('commit', '?')}`, {d.get('cpus', '?')} CPUs "
+        f"{d.get('started', '?')} (commit `{d.get('commit', '?')}` when written), "
+        f"{d.get('cpus', '?')} CPUs "
         f"({d.get('cpu_model', '?')})"
         + (f", {memory / 2**30:.0f} GiB RAM" if isinstance(memory, int) else "")
         + f", Python {d.get('python', '?')}"
@@ -266,7 +267,7 @@ def chaos_plot(chaos: Result, path: Path) -> bool:
 
 def missed(results: Sequence[Result]) -> list[str]:
     return [
-        f"- {r.bench}: {f['name']} = {show(f['value'], f['unit'])}, target {f['target']}"
+        f"- {short(r.bench, f['name'])} = {show(f['value'], f['unit'])}, target {f['target']}"
         + ("" if f.get("ratio") is None else f" (ratio to its reference {f['ratio']:.2f}x)")
         for r in results
         for f in r.figures

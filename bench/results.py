@@ -85,7 +85,8 @@ def memory_bytes() -> int | None:
 
 
 def commit() -> str:
-    """The commit the run started on, `+dirty` when the work tree had changes."""
+    """The commit checked out now (when the figures are written), `+dirty` when tracked files
+    had changes."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(

@@ -40,10 +40,12 @@ too. Nothing is asserted about speed: targets are printed with "met" / "NOT met"
    5 M users on one worker's partitions.
 
 The broker is KAFKA_BOOTSTRAP_SERVERS, else a LocalKafka started (and stopped) here. The figures
-also go to `bench/results/window-<UTC date and time>.json`.
+also go to `bench/results/window-<UTC date and time>.json` (`window-scale-...` for --scale).
 
     python -m bench.window            # full run: under 10 minutes (3 M events, 1 M users)
     python -m bench.window --quick    # about 2 minutes, smaller inputs
+    python -m bench.window --scale    # phases 5-7 at 10 k, 100 k and 1 M users, then 2 workers
+                                      # beside one on 16 partitions (docs/scaling.md's check)
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_the_report_shows_every_miss_and_its_plots(results_dir: Path, tmp_path: 
 
     assert out.read_text() == text
     targets_missed = text.split("## Targets missed")[1].split("##")[0]
-    assert "decide: decisions = 65,000 decisions/s, target ≥ 100,000/s" in targets_missed
+    assert "- core: decide: decisions = 65,000 decisions/s, target ≥ 100,000/s" in targets_missed
     assert "fold: events" not in targets_missed
     assert "| decide: decisions | 65,000 decisions/s |" in text
     assert "**NOT met**" in text
