@@ -183,8 +183,25 @@ def latency_plot(results: Sequence[Result], path: Path) -> bool:
     return True
 
 
-def scale_plot(scale: Result, path: Path) -> bool:
-    points = scale.document.get("scale") or []
+def scale_runs(results: Path) -> tuple[list[dict[str, Any]], list[Result]]:
+    """The latest point for each number of users over every `window-scale-*.json` (a run at one
+    size, say 5 M, adds to the runs before it), and the files shown: those points' and the
+    newest, oldest first."""
+    runs = [
+        Result("window-scale", path, orjson.loads(path.read_bytes()))
+        for path in sorted(results.glob("window-scale-2*.json"))
+    ]
+    best: dict[int, tuple[dict[str, Any], Result]] = {}
+    for run in runs:
+        for point in run.document.get("scale") or []:
+            best[point["users"]] = (point, run)
+    points = [best[users][0] for users in sorted(best)]
+    sources = {best[users][1].path for users in best}
+    shown = [r for r in runs if r.path in sources or r is runs[-1]]
+    return points, shown
+
+
+def scale_plot(points: Sequence[dict[str, Any]], path: Path) -> bool:
     if not points:
         return False
     users = [p["users"] for p in points]
@@ -315,15 +332,17 @@ def chaos_section(chaos: Result | None, plotted: bool, plots: str) -> list[str]:
     return lines
 
 
-def scale_section(scale: Result | None, plotted: bool, plots: str) -> list[str]:
-    if scale is None:
+def scale_section(
+    points: Sequence[dict[str, Any]], runs: Sequence[Result], plotted: bool, plots: str
+) -> list[str]:
+    if not runs:
         return [
-            "No `window-scale-*.json` yet: `python -m bench.window --scale` (about 10 minutes; "
-            "not part of `make bench-quick`)."
+            "No `window-scale-*.json` yet: `make bench-scale` (about 10 minutes; not part of "
+            "`make bench-quick`)."
         ]
-    lines = [provenance(scale), ""]
-    points = scale.document.get("scale", [])
+    lines = [f"- {provenance(run)}" for run in runs]
     lines += [
+        "",
         "| users | events | fold (rebuild) | restore after kill -9 | first start | RSS "
         "| memory per user | stored per user |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -340,12 +359,15 @@ def scale_section(scale: Result | None, plotted: bool, plots: str) -> list[str]:
         "Restore after kill -9 includes the group waiting out the dead member's session "
         "(WINDOW_SESSION_TIMEOUT_S, 10 s) whatever the number of users; first start is the "
         "restore alone. Memory per user is (RSS after restore − empty worker) / users: the "
-        "smallest run's is mostly noise. 5 M users: `python -m bench.window --scale --users "
-        "10000,100000,1000000,5000000` (about 5 GiB of RSS), when the machine has the time.",
+        "smallest run's is mostly noise. Each size's row is its latest run: `python -m "
+        "bench.window --scale --users 5000000 --parallel-events 0` adds 5 M users to the runs "
+        "before (about 5 GiB in the worker and as much in the bench process).",
     ]
     if plotted:
         lines += ["", f"![cost against users]({plots}/scale.png)"]
-    lines += ["", *figure_rows(scale)]
+    for run in runs:
+        if run.figures:
+            lines += ["", f"`{run.path.name}`:", "", *figure_rows(run)]
     return lines
 
 
@@ -355,9 +377,9 @@ def render(results_dir: Path, out: Path, plots_dir: Path) -> str:
     rel = plots_dir.relative_to(out.parent) if plots_dir.is_relative_to(out.parent) else plots_dir
     plots = rel.as_posix()
     results = [r for r in (latest(results_dir, b) for b in BENCHES) if r is not None]
-    scale = latest(results_dir, "window-scale")
+    points, scale_files = scale_runs(results_dir)
     chaos = latest(results_dir, "chaos")
-    judged = [*results, *([scale] if scale else [])]
+    judged = [*results, *scale_files]
     lines = [
         "# Benchmark report",
         "",
@@ -384,9 +406,8 @@ def render(results_dir: Path, out: Path, plots_dir: Path) -> str:
             f"![latency percentiles]({plots}/latency.png)",
         ]
     lines += ["", "## Cost against the number of users", ""]
-    lines += scale_section(
-        scale, scale is not None and scale_plot(scale, plots_dir / "scale.png"), plots
-    )
+    plotted = scale_plot(points, plots_dir / "scale.png")
+    lines += scale_section(points, scale_files, plotted, plots)
     lines += ["", "## Fault test (latest `make chaos`)", ""]
     lines += chaos_section(
         chaos, chaos is not None and chaos_plot(chaos, plots_dir / "chaos.png"), plots

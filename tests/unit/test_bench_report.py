@@ -103,3 +103,17 @@ def test_an_empty_results_dir_still_renders(tmp_path: Path) -> None:
     assert "None in the latest results." in text
     assert "No fault-test result" in text
     assert not list((tmp_path / "plots").glob("*.png"))
+
+
+def test_a_run_at_one_size_adds_its_row_to_the_runs_before(results_dir: Path) -> None:
+    scale = orjson.loads(next(results_dir.glob("window-scale-*.json")).read_bytes())["scale"]
+    bigger = {**scale[-1], "users": 5_000_000, "events": 15_000_000}
+    write_results(
+        "window-scale", [], False, {}, datetime(2026, 3, 1, tzinfo=UTC), {"scale": [bigger]}
+    )
+    text = render(results_dir, results_dir / "REPORT.md", results_dir / "plots")
+    rows = [line for line in text.splitlines() if line.startswith("| 10,000 |")]
+    rows += [line for line in text.splitlines() if line.startswith("| 5,000,000 |")]
+    assert len(rows) == 2
+    assert "window-scale-2026-02-01T000000Z.json" in text
+    assert "window-scale-2026-03-01T000000Z.json" in text
