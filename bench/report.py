@@ -240,7 +240,7 @@ def scale_plot(points: Sequence[dict[str, Any]], path: Path) -> bool:
         for (label, values), style in zip(lines, ("o-", "s--"), strict=True):
             ax.plot(users, values, style, label=label)
             for x, v in zip(users, values, strict=True):
-                ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:,.1f}", (x, v), fontsize=7)
+                ax.annotate(f"{v:,.0f}" if v >= 100 else f"{v:,.1f}", (x, v), fontsize=7)
         ax.set_xscale("log")
         ax.set_xticks(users, [f"{u:,}" for u in users], fontsize=8)
         ax.minorticks_off()

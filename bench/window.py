@@ -1015,6 +1015,7 @@ async def rebuild_and_restore(
     users = rebuilt.tables.users
     scaled = rebuilt.seconds * 3_000_000 / max(rebuilt.records, 1)
     full = sizes.rebuild_events >= 3_000_000
+    exact = sizes.rebuild_events == 3_000_000
     figures.append(
         Figure(
             f"rebuild: {len(users):,} users / {rebuilt.records:,} events",
@@ -1022,8 +1023,9 @@ async def rebuild_and_restore(
             "s",
             f"read without folding: {read_s:,.1f} s",
             read_s,
-            "≤ 3 min" if full else f"≤ 3 min for 3 M events (scaled: {scaled:,.0f} s)",
-            rebuilt.seconds <= 180 if full else scaled <= 180,
+            # The target is for 3 M events: any other size (--scale's 15 M too) is scaled to it.
+            "≤ 3 min" if exact else f"≤ 3 min for 3 M events (scaled: {scaled:,.0f} s)",
+            rebuilt.seconds <= 180 if exact else scaled <= 180,
         )
     )
 
