@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run demo test test-unit bench bench-quick chaos lint broker broker-stop clean
+.PHONY: install run demo test test-unit bench bench-quick bench-scale chaos lint broker broker-stop clean
 
 install: $(STAMP)
 
@@ -24,17 +24,25 @@ test-unit: install
 	$(PY) -m pytest tests/unit
 
 ## Core, ingest, window and dispatcher benchmarks: figures beside same-run references, no asserts.
+## Results as JSON in bench/results/, then bench/REPORT.md and its plots (bench/plots/).
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench.ingest
 	$(PY) -m bench.window
 	$(PY) -m bench.dispatcher
+	$(PY) -m bench.report
 
 bench-quick: install
 	$(PY) -m bench --quick
 	$(PY) -m bench.ingest --quick
 	$(PY) -m bench.window --quick
 	$(PY) -m bench.dispatcher --quick
+	$(PY) -m bench.report
+
+## The window worker's cost at 10 k, 100 k and 1 M users, and 2 workers beside one (~10 min).
+bench-scale: install
+	$(PY) -m bench.window --scale
+	$(PY) -m bench.report
 
 ## Fault test: the whole stack as processes under kill -9, broker crashes and freezes (< 5 min).
 chaos: install

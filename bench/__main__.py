@@ -24,11 +24,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench.results import Figure, print_table, shown, write_results
 from schemas.codec import to_wire
 from schemas.decision import encode_decision
 from schemas.events import (
@@ -310,44 +312,10 @@ def best_rate(count: int, run: Callable[[], object], repeats: int) -> float:
     return count / min(times)
 
 
-@dataclass(frozen=True)
-class Row:
-    figure: str
-    value: float
-    unit: str
-    reference_name: str
-    reference: float
-    target: str
-    met: bool | None
-
-
-def fmt(value: float, unit: str) -> str:
-    if unit == "B":
-        return f"{value:,.0f} B"
-    return f"{value:,.0f}/s"
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    header = ("figure", "value", "reference (same run)", "ratio", "target")
-    cells = [
-        (
-            r.figure,
-            fmt(r.value, r.unit),
-            f"{r.reference_name}: {fmt(r.reference, r.unit)}",
-            f"{r.value / r.reference:.2f}x" if r.reference else "-",
-            r.target + ("" if r.met is None else ("  (met)" if r.met else "  (NOT met)")),
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(5)]
-    for row in [header, tuple("-" * w for w in widths), *cells]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 # ---- the figures -------------------------------------------------------------------------------
 
 
-def bench_normalise(bodies: list[bytes], repeats: int) -> Row:
+def bench_normalise(bodies: list[bytes], repeats: int) -> Figure:
     loads = orjson.loads
 
     def parse_only() -> None:
@@ -360,18 +328,18 @@ def bench_normalise(bodies: list[bytes], repeats: int) -> Row:
 
     value = best_rate(len(bodies), parse_and_normalise, repeats)
     reference = best_rate(len(bodies), parse_only, repeats)
-    return Row(
+    return Figure(
         "normalise: webhook bodies",
         value,
-        "/s",
-        "orjson.loads alone",
+        "bodies/s",
+        f"orjson.loads alone: {reference:,.0f}/s",
         reference,
         "≥ 20,000/s",
         value >= 20_000,
     )
 
 
-def bench_fold(stream: list[Event], repeats: int) -> tuple[Row, dict[str, UserState]]:
+def bench_fold(stream: list[Event], repeats: int) -> tuple[Figure, dict[str, UserState]]:
     user_events = [e for e in stream if not is_page_event(e)]
     result: dict[str, UserState] = {}
 
@@ -393,11 +361,11 @@ def bench_fold(stream: list[Event], repeats: int) -> tuple[Row, dict[str, UserSt
 
     value = best_rate(len(user_events), run_fold, repeats)
     reference = best_rate(len(encoded), run_codec, repeats)
-    row = Row(
+    row = Figure(
         "fold: events",
         value,
-        "/s",
-        "decode_event(encode_event(e))",
+        "events/s",
+        f"decode_event(encode_event(e)): {reference:,.0f}/s",
         reference,
         "≥ 200,000/s",
         value >= 200_000,
@@ -407,7 +375,7 @@ def bench_fold(stream: list[Event], repeats: int) -> tuple[Row, dict[str, UserSt
 
 def bench_decide(
     states: dict[str, UserState], rules: RuleBook, count: int, repeats: int
-) -> tuple[Row, dict[str, int], str]:
+) -> tuple[Figure, dict[str, int], str]:
     rng = random.Random(11)
     now = START + SPAN + HOUR_MS
     groups = user_groups(list(states.values()), now)
@@ -445,11 +413,11 @@ def bench_decide(
     for d in decisions:
         label = f"{'allowed' if d.allowed else 'refused'} {d.reason}"
         outcomes[label] = outcomes.get(label, 0) + 1
-    row = Row(
+    row = Figure(
         "decide: decisions",
         value,
-        "/s",
-        "encode_decision(result)",
+        "decisions/s",
+        f"encode_decision(result): {reference:,.0f}/s",
         reference,
         "≥ 100,000/s",
         value >= 100_000,
@@ -484,7 +452,7 @@ def typical_user(traffic: Traffic) -> UserState:
     return state
 
 
-def bench_bytes(traffic: Traffic, population: dict[str, UserState]) -> list[Row]:
+def bench_bytes(traffic: Traffic, population: dict[str, UserState]) -> list[Figure]:
     typical = typical_user(traffic)
     size = len(encode_user_state(typical))
     full = len(orjson.dumps(to_wire(typical)))
@@ -492,20 +460,20 @@ def bench_bytes(traffic: Traffic, population: dict[str, UserState]) -> list[Row]
     average = statistics.fmean(len(encode_user_state(s)) for s in states)
     without = statistics.fmean(len(encode_user_state(replace(s, decisions=()))) for s in states)
     return [
-        Row(
+        Figure(
             "state: window + 2 OTN tokens",
             size,
             "B",
-            "uncompacted JSON",
+            f"uncompacted JSON: {full:,.0f} B",
             full,
             "≤ 300 B",
             size <= 300,
         ),
-        Row(
+        Figure(
             f"state: average of {len(states):,} users",
             average,
             "B",
-            "same, without remembered decisions",
+            f"same, without remembered decisions: {without:,.0f} B",
             without,
             "-",
             None,
@@ -536,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
+    began = datetime.now(UTC)
     pinned = pin_one_core()
     print(
         f"windowgate bench{' (--quick)' if args.quick else ''}: Python {platform.python_version()} "
@@ -570,6 +539,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ndecide by outcome: {split}")
     print(f"decide mix: {mix}")
     print("Ratios are value / reference; targets are the design's, for reading, not asserted.")
+    inputs = {
+        "bodies": len(bodies),
+        "events": len(stream),
+        "users": sizes.users,
+        "requests": sizes.requests,
+        "repeats": sizes.repeats,
+        "pinned": pinned,
+        "decide_by_outcome": split,
+        "decide_mix": mix,
+    }
+    print(f"written: {shown(write_results('core', rows, args.quick, inputs, began))}")
     return 0
 
 

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from bench.results import Figure, cpu_model, print_table, shown, write_results
 from schemas.decision import DecisionRecord, encode_decision_record
 from schemas.events import MessageReceived, OtnOptin
 from schemas.request import SendRequest
@@ -62,6 +63,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
 HOUR = 3_600_000
 META_RATE = 300.0
+CONNECTIONS = 32
+"""Graph connections of the dispatcher (DISPATCHER_GRAPH_CONNECTIONS) and of the bare client."""
 
 
 @dataclass(frozen=True)
@@ -365,16 +368,45 @@ class Run:
             stats = await standin_stats(url)
         return stamps, stats, elapsed
 
+    async def bare_client(self, calls: int, page: str, connections: int) -> float:
+        """The reference for the HTTP path: a bare aiohttp client loop (`connections` calls in
+        flight, one keep-alive connection each) posting `calls` Send API calls to a stand-in
+        process of its own; calls answered 200 per second."""
+        pages_file = self.workdir / "bare-pages.json"
+        pages_file.write_bytes(orjson.dumps(pages_json([page])))
+        port = free_port()
+        args = [sys.executable, "-m", "tests.graph_standin", "--port", str(port)]
+        args += ["--pages", str(pages_file)]
+        url = f"http://127.0.0.1:{port}/v25.0/me/messages"
+        headers = {"Authorization": f"Bearer token-{page}"}
+        ok = 0
+        with process(args, {}, self.workdir / "bare-standin.log"):
+            await standin_stats(f"http://127.0.0.1:{port}")
+            connector = aiohttp.TCPConnector(limit=connections)
+            async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+                queue = iter(range(calls))
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+                async def loop() -> None:
+                    nonlocal ok
+                    for n in queue:
+                        body = {
+                            "recipient": {"id": str(2_000_000_000_000_000 + n)},
+                            "messaging_type": "RESPONSE",
+                            "message": {"text": f"bare call {n}"},
+                        }
+                        async with http.post(url, json=body) as response:
+                            await response.read()
+                            ok += response.status == 200
+
+                started = time.monotonic()
+                await asyncio.gather(*(loop() for _ in range(connections)))
+                elapsed = time.monotonic() - started
+        if ok < calls:
+            print(f"   bare client: only {ok:,} of {calls:,} calls answered 200", file=sys.stderr)
+        return ok / elapsed
 
 
-async def measure(bootstrap: str, sizes: Sizes) -> None:
+async def measure(bootstrap: str, sizes: Sizes) -> tuple[list[Figure], dict[str, Any]]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-dispatcher-"))
     run = Run(bootstrap, workdir)
     print(
@@ -391,9 +423,10 @@ async def measure(bootstrap: str, sizes: Sizes) -> None:
         values,
         [page],
         None,
-        {"DISPATCHER_RATE_TEXT": "1000000", "DISPATCHER_GRAPH_CONNECTIONS": "32"},
+        {"DISPATCHER_RATE_TEXT": "1000000", "DISPATCHER_GRAPH_CONNECTIONS": str(CONNECTIONS)},
     )
     http = steady_rate(stamps)
+    bare = await run.bare_client(sizes.decisions, page, CONNECTIONS)
     print()
     print(f"1. decisions/s through the broker, one instance, {sizes.decisions:,} allowed decisions")
     print(f"   raw aiokafka consume->produce loop (reference)  {reference:>9,.0f} records/s")
@@ -409,6 +442,31 @@ async def measure(bootstrap: str, sizes: Sizes) -> None:
         f"   stand-in: {stats['calls']:,} calls {stats['outcomes']}, "
         f"requests sent twice: {stats['texts_sent_twice']}"
     )
+    print(
+        f"   bare aiohttp client loop -> its own stand-in  {bare:>9,.0f} calls/s; dispatcher "
+        f"= {http / bare:.2f} x that   (targets >= 3,000/s, >= 0.5)"
+    )
+    figures = [
+        Figure(
+            "dispatcher: decisions/s, Graph answering in-process",
+            instant,
+            "decisions/s",
+            f"raw aiokafka consume→produce loop: {reference:,.0f}/s",
+            reference,
+            "≥ 5,000/s and ≥ 0.4x",
+            instant >= 5_000 and instant / reference >= 0.4,
+        ),
+        Figure(
+            "dispatcher → stand-in over HTTP: calls/s",
+            http,
+            "calls/s",
+            f"bare aiohttp client loop: {bare:,.0f}/s",
+            bare,
+            "≥ 3,000/s and ≥ 0.5x",
+            http >= 3_000 and http / bare >= 0.5,
+            {"raw_loop_records_per_s": reference, "calls": stats["calls"]},
+        ),
+    ]
 
     pages = page_ids(sizes.pages)
     book = load_rules(None, parse_pages(pages_json(pages)))
@@ -429,16 +487,46 @@ async def measure(bootstrap: str, sizes: Sizes) -> None:
     print(f"   stand-in answers: {stats['outcomes']}")
     print(f"   tokens used in more than one call: {stats['double_used_tokens']}  (must be 0)")
     shutil.rmtree(workdir, ignore_errors=True)
+    figures.append(
+        Figure(
+            f"broadcast: calls/s per page, {len(pages)} pages",
+            per_page,
+            "calls/s",
+            f"Meta's limit: {META_RATE:,.0f}/s per page",
+            META_RATE,
+            "≤ 300/s and 0 double-used tokens",
+            per_page <= META_RATE * 1.01 and stats["double_used_tokens"] == 0,
+            {
+                "seconds": elapsed,
+                "calls_span_s": span,
+                "busiest_second": busiest,
+                "answers": stats["outcomes"],
+                "double_used_tokens": stats["double_used_tokens"],
+            },
+        )
+    )
+    print()
+    print_table(figures)
+    inputs = {
+        "decisions": sizes.decisions,
+        "broadcast": sizes.broadcast,
+        "pages": sizes.pages,
+        "partitions": PARTITIONS,
+        "graph_connections": CONNECTIONS,
+    }
+    return figures, inputs
 
 
 async def run(quick: bool) -> None:
     sizes = QUICK if quick else FULL
+    began = datetime.now(UTC)
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
-        await measure(given, sizes)
-        return
-    with LocalKafka() as kafka:
-        await measure(kafka.bootstrap, sizes)
+        figures, inputs = await measure(given, sizes)
+    else:
+        with LocalKafka() as kafka:
+            figures, inputs = await measure(kafka.bootstrap, sizes)
+    print(f"written: {shown(write_results('dispatcher', figures, quick, inputs, began))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
