@@ -57,47 +57,28 @@ class Verdict:
     # `dataclasses.replace` looks the fields up on every call: too slow for the refusal path,
     # which amends a few verdicts per decision. These copy the slots directly.
 
-    def with_detail(self, detail: str) -> Verdict:
+    def _copy(self, detail: str, valid_until: int | None, usable_from: int | None) -> Verdict:
         return Verdict(
             self.allowed,
             self.reason,
             detail,
             self.mechanism,
             self.rule,
-            self.valid_until,
-            self.tag,
-            self.token,
-            self.topic,
-            self.usable_from,
-        )
-
-    def with_valid_until(self, valid_until: int | None) -> Verdict:
-        return Verdict(
-            self.allowed,
-            self.reason,
-            self.detail,
-            self.mechanism,
-            self.rule,
             valid_until,
-            self.tag,
-            self.token,
-            self.topic,
-            self.usable_from,
-        )
-
-    def with_usable_from(self, usable_from: int | None) -> Verdict:
-        return Verdict(
-            self.allowed,
-            self.reason,
-            self.detail,
-            self.mechanism,
-            self.rule,
-            self.valid_until,
             self.tag,
             self.token,
             self.topic,
             usable_from,
         )
+
+    def with_detail(self, detail: str) -> Verdict:
+        return self._copy(detail, self.valid_until, self.usable_from)
+
+    def with_valid_until(self, valid_until: int | None) -> Verdict:
+        return self._copy(self.detail, valid_until, self.usable_from)
+
+    def with_usable_from(self, usable_from: int | None) -> Verdict:
+        return self._copy(self.detail, self.valid_until, usable_from)
 
 
 @dataclass(frozen=True, slots=True)
