@@ -320,8 +320,11 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _make_pdeathsig() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent dies (no orphan brokers)."""
+def signal_on_parent_death(
+    signum: signal.Signals = signal.SIGTERM,
+) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send `signum` to the child when its parent dies (no orphan
+    brokers or services); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -329,10 +332,10 @@ def _make_pdeathsig() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
+    number = int(signum)
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+        prctl(pr_set_pdeathsig, number, 0, 0, 0)
 
     return preexec
 
@@ -533,7 +536,7 @@ class _Node:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # own process group: stop() signals the whole group
-                preexec_fn=_make_pdeathsig() if die_with_parent else None,
+                preexec_fn=signal_on_parent_death() if die_with_parent else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from windowgate.devbroker import LocalKafka, free_port
+from windowgate.devbroker import LocalKafka, free_port, signal_on_parent_death
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,23 +34,6 @@ _KEPT = frozenset({"WINDOWGATE_KAFKA_HOME", "WINDOWGATE_SHARED_DIR"})
 def clean_environ() -> dict[str, str]:
     """This process's environment without any windowgate setting (children get only ours)."""
     return {k: v for k, v in os.environ.items() if k in _KEPT or not k.startswith(_CONFIG_PREFIXES)}
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn: SIGKILL the child when the harness dies, whatever killed the harness."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-
-    return preexec
 
 
 @dataclass
@@ -82,7 +64,7 @@ class Service:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=signal_on_parent_death(signal.SIGKILL),  # whatever killed the harness
             )
         self.starts += 1
         self.down = False
