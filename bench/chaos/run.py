@@ -7,7 +7,6 @@ import contextlib
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,8 +33,9 @@ from bench.chaos.checks import (
     run_replay,
     user_states,
 )
-from bench.chaos.stack import REPO_ROOT, Broker, Service, clean_environ, service_env
+from bench.chaos.stack import Broker, Service, clean_environ, service_env
 from bench.chaos.traffic import Traffic
+from bench.results import commit as current_commit
 from schemas.events import Event, MessageReceived, encode_event
 from services.common.kafka import durable_producer
 from services.common.runtime import now_ms
@@ -124,7 +124,9 @@ class Chaos:
         self.started = time.monotonic()
         self.stale_dir = self.work / "stale-window"
         self.probes = 0
-        self.commit = _commit()  # the code this run loaded, not what is checked out at its end
+        self.commit = (
+            current_commit()
+        )  # the code this run loaded, not what is checked out at its end
         self.hung_starts: list[str] = []
         self.others: dict[str, Service] = {}  # not part of the stack: the previous run
         self.traffic: Traffic | None = None
@@ -606,17 +608,3 @@ class Chaos:
             say(f"kept logs and data in {self.work}")
         else:
             shutil.rmtree(self.work, ignore_errors=True)
-
-
-def _commit() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-        return done.stdout.strip()
-    return ""

@@ -266,14 +266,17 @@ async def test_proxy_otn_token_recipient(setup: Any) -> None:
     assert (await response.json())["windowgate"]["reason"] == "no_token_for_topic"
 
 
+HUMAN_AGENT_SEND = {
+    "recipient": {"id": USER},
+    "messaging_type": "MESSAGE_TAG",
+    "tag": "HUMAN_AGENT",
+    "message": {"text": "a person here"},
+}
+
+
 async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
     client, window = setup
-    body = {
-        "recipient": {"id": USER},
-        "messaging_type": "MESSAGE_TAG",
-        "tag": "HUMAN_AGENT",
-        "message": {"text": "a person here"},
-    }
+    body = HUMAN_AGENT_SEND
     url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
     answer = await (await client.post(url, json=body)).json()
     assert answer["windowgate"]["reason"] in ("human_agent_not_permitted", "human_author_missing")
@@ -283,12 +286,7 @@ async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
 
 async def test_proxy_refuses_an_unknown_windowgate_header_naming_it(setup: Any) -> None:
     client, window = setup
-    body = {
-        "recipient": {"id": USER},
-        "messaging_type": "MESSAGE_TAG",
-        "tag": "HUMAN_AGENT",
-        "message": {"text": "a person here"},
-    }
+    body = HUMAN_AGENT_SEND
     url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
     # Ignored, the misspelt header would send the request without its human author.
     response = await client.post(url, json=body, headers={"X-Windowgate-Human-Autor": "ana"})
