@@ -1,7 +1,7 @@
 # windowgate services image: one image, three commands (see docker-compose.yml):
 #   python -m services.ingest | python -m services.window worker | python -m services.dispatcher
 # plus `python -m services.preflight` (the configuration check) and, from /src, the demo
-# `python -m services.local_run` (make run, which also needs the Graph stand-in from tests/).
+# `python -m devtools.local_run` (make run, with the Graph stand-in; devtools/ is not installed).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,8 +19,8 @@ RUN pip install . \
     && useradd --create-home --uid 10001 windowgate \
     && mkdir -p /data \
     && chown windowgate /data
-# The Graph stand-in of the demo profile (services.local_run.GRAPH_STANDIN_MODULE) lives in tests/.
-COPY tests ./tests
+# The demo profile's tools (make run, the Graph stand-in): run from /src, never installed.
+COPY devtools ./devtools
 
 # Working directory of the services (none keeps state on disk: the window restores from Kafka).
 WORKDIR /data

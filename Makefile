@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest
 
-## Pure-core tests only: no broker, seconds.
+## Unit tests: no broker (the pure core, and each service's shell against fakes); seconds.
 test-unit: install
 	$(PY) -m pytest tests/unit
 
@@ -55,19 +55,19 @@ lint: install
 
 ## A real single-node Apache Kafka (KRaft) from Maven Central jars, on 127.0.0.1:9092.
 broker: install
-	$(PY) -m windowgate.devbroker start
+	$(PY) -m devtools.devbroker start
 
 broker-stop: install
-	$(PY) -m windowgate.devbroker stop
+	$(PY) -m devtools.devbroker stop
 
 ## The whole gateway locally: broker, Graph stand-in, ingest, window, dispatcher, traffic, live summary.
 ## Ports: INGEST_PORT, WINDOW_PORT, DISPATCHER_PORT, GRAPH_STANDIN_PORT; logs in .windowgate/run/.
 run: install
-	@$(PY) -m services.local_run
+	@$(PY) -m devtools.local_run
 
 ## Offline: fold Meta's fixture webhooks and print decisions at chosen instants (no services).
 demo: install
-	$(PY) -m windowgate.demo --no-broker
+	$(PY) -m devtools.demo --no-broker
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -44,13 +44,13 @@ from schemas.events import (
 )
 from schemas.request import SendRequest
 from schemas.state import UserState, encode_user_state
-from windowgate.decide import decide
-from windowgate.fold import empty_state, fold, is_page_event
-from windowgate.normalise import normalise
-from windowgate.pages import PageConfig
-from windowgate.rulebook import RuleBook, load_rules
-from windowgate.timeconst import DAY_MS, HOUR_MS
-from windowgate.timestamps import ms_to_iso, parse_iso_ms
+from windowgate.core.decide import decide
+from windowgate.core.fold import empty_state, fold, is_page_event
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import RuleBook, load_rules
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
+from windowgate.meta.normalise import normalise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR_ENV = "WINDOWGATE_SHARED_DIR"

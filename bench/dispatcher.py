@@ -40,24 +40,25 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from bench.results import Figure, cpu_model, print_table, shown, write_results
+from devtools.devbroker import LocalKafka, free_port, unique_name
 from schemas.decision import DecisionRecord, encode_decision_record
 from schemas.events import MessageReceived, OtnOptin
 from schemas.request import SendRequest
 from schemas.state import UserState
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics, ensure_topics
+from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
-from services.dispatcher.dispatchlog import Done, decode_record, ensure_log_topic
-from services.dispatcher.graph import Answer
-from services.dispatcher.graph_errors import classify
-from services.dispatcher.graph_request import GraphCall
+from services.dispatcher.delivery.dispatchlog import Done, decode_record, ensure_log_topic
+from services.dispatcher.delivery.graph import Answer
 from services.dispatcher.metrics import METRICS
 from services.dispatcher.service import DispatcherService
-from windowgate.decide import decide
-from windowgate.devbroker import LocalKafka, free_port, unique_name
-from windowgate.fold import fold
-from windowgate.pages import parse_pages
-from windowgate.rulebook import RuleBook, load_rules
+from windowgate.core.decide import decide
+from windowgate.core.fold import fold
+from windowgate.core.pages import parse_pages
+from windowgate.core.rulebook import RuleBook, load_rules
+from windowgate.meta.graph_errors import classify
+from windowgate.meta.send_api import GraphCall
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 8
@@ -339,7 +340,7 @@ class Run:
         prefix = await self.prepare(name, values, pages)
         pages_file = self.workdir / f"{name}-pages.json"
         port = free_port()
-        standin_args = [sys.executable, "-m", "tests.graph_standin", "--port", str(port)]
+        standin_args = [sys.executable, "-m", "devtools.graph_standin", "--port", str(port)]
         standin_args += ["--pages", str(pages_file)]
         if standin_rate is not None:
             standin_args += ["--rate", str(standin_rate)]
@@ -375,7 +376,7 @@ class Run:
         pages_file = self.workdir / "bare-pages.json"
         pages_file.write_bytes(orjson.dumps(pages_json([page])))
         port = free_port()
-        args = [sys.executable, "-m", "tests.graph_standin", "--port", str(port)]
+        args = [sys.executable, "-m", "devtools.graph_standin", "--port", str(port)]
         args += ["--pages", str(pages_file)]
         url = f"http://127.0.0.1:{port}/v25.0/me/messages"
         headers = {"Authorization": f"Bearer token-{page}"}

@@ -48,15 +48,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.__main__ import Sizes, Traffic
 from bench.results import Figure, print_table, shown, write_results
+from devtools.devbroker import LocalKafka, free_port, unique_name
+from schemas.topics import Topics
 from services.common.logs import configure_logging
-from services.common.topics import Topics
 from services.ingest.__main__ import serve as run_server
 from services.ingest.app import create_app
 from services.ingest.config import DEFAULT_RECENT_KEYS, IngestConfig
 from services.ingest.publisher import KafkaPublisher
 from services.ingest.signature import HEADER, sign
-from windowgate.devbroker import LocalKafka, free_port, unique_name
-from windowgate.normalise import normalise
+from windowgate.meta.normalise import normalise
 
 SECRET: Final = b"bench-app-secret"
 HOST: Final = "127.0.0.1"

@@ -73,6 +73,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.results import Figure, print_table, shown, write_results
+from devtools.devbroker import LocalKafka, free_port, unique_name
+from devtools.window_harness import WindowProcess
 from schemas.codec import to_wire
 from schemas.decision import decode_decision_record
 from schemas.events import (
@@ -88,11 +90,11 @@ from schemas.events import (
 )
 from schemas.request import SendRequest, encode_request
 from schemas.state import PageState
+from schemas.topics import Topics
 from services.common.logread import Record, reader
 from services.common.logread import read_to_end as read_partitions
-from services.common.topics import Topics, ensure_topics
+from services.common.topics import ensure_topics
 from services.window.config import PAGES_TABLE, USERS_TABLE, WindowConfig, changelog_topic
-from services.window.process import WindowProcess
 from services.window.processing import (
     Output,
     Source,
@@ -104,9 +106,8 @@ from services.window.replay import read_to_end, rebuild
 from services.window.store import StoredUser, decode_stored_user, encode_stored_user
 from services.window.web import SERVED_BY_HEADER
 from services.window.worker import ensure_changelogs
-from windowgate.devbroker import LocalKafka, free_port, unique_name
-from windowgate.rulebook import RuleBook, load_rules
-from windowgate.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.rulebook import RuleBook, load_rules
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
 
 PARTITIONS = 8
 RATE = 2_000

@@ -18,7 +18,7 @@ from services.common.settings import Settings, SettingsError
 from services.dispatcher.config import DispatcherConfig
 from services.ingest.config import IngestConfig
 from services.window.config import WindowConfig
-from windowgate.rulebook import RulesError
+from windowgate.core.rulebook import RulesError
 
 SERVICE_CONFIGS: tuple[Callable[[Settings], object], ...] = (
     IngestConfig.from_settings,

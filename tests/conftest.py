@@ -5,7 +5,7 @@
 1. ``KAFKA_BOOTSTRAP_SERVERS`` if set (e.g. after ``make broker``: ``127.0.0.1:9092``);
 2. an ``apache/kafka`` container via testcontainers, when a Docker engine answers
    (skip this with ``WINDOWGATE_TEST_BROKER=local``);
-3. ``windowgate.devbroker.LocalKafka``: Kafka from Maven Central jars on free ports, stopped at
+3. ``devtools.devbroker.LocalKafka``: Kafka from Maven Central jars on free ports, stopped at
    the end of the session (needs Java 17+, and Maven for the first jar fetch).
 
 A broker that cannot be had fails the tests that need it (never skips), in CI and outside it.
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from windowgate.devbroker import (
+from devtools.devbroker import (
     DEFAULT_READY_TIMEOUT_S,
     LocalKafka,
     create_topics,

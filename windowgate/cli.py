@@ -16,7 +16,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -26,10 +27,10 @@ from schemas.codec import SchemaError
 from schemas.decision import encode_decision
 from schemas.events import Event
 from schemas.request import SendRequest, request_from_wire
+from windowgate.core.pages import load_pages
+from windowgate.core.rulebook import Rule, RuleBook, load_rules
+from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
 from windowgate.offline import OfflineGateway
-from windowgate.pages import load_pages
-from windowgate.rulebook import Rule, RuleBook, load_rules
-from windowgate.timestamps import ms_to_iso, parse_iso_ms
 
 PROG = "windowgate"
 EXIT_OK = 0
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "--rules",
         metavar="FILE",
-        help="a rules file to use instead of the packaged one (windowgate/rules/meta.json)",
+        help="a rules file to use instead of the packaged one (windowgate/core/rules/meta.json)",
     )
     decide.add_argument(
         "--pages",
@@ -495,13 +496,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVICE_COMMANDS = ("replay",)
+"""Subcommands that read Kafka: they live with their service and register themselves as entry
+points of the group `windowgate.commands` (pyproject.toml), so the CLI never imports a service."""
+
+
+def service_command(name: str) -> Callable[[list[str]], int]:
+    found = entry_points(group="windowgate.commands", name=name)
+    if not found:
+        raise SystemExit(
+            f"windowgate {name}: not installed (the entry point windowgate.commands:{name} is "
+            "missing; run 'make install' or 'pip install -e .')"
+        )
+    command: Callable[[list[str]], int] = next(iter(found)).load()
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:1] == ["replay"]:
-        # The rebuild reads Kafka: it lives with the window service; the CLI only forwards.
-        from services.window.replay import main as replay_main
-
-        return replay_main(args_in[1:])
+    if args_in[:1] and args_in[0] in SERVICE_COMMANDS:
+        return service_command(args_in[0])(args_in[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

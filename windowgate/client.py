@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import aiohttp
 import orjson
@@ -37,7 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.codec import SchemaError, to_wire
 from schemas.decision import Decision, DecisionRecord, decode_decision, decode_decision_record
 from schemas.request import SendRequest, encode_request
-from services.common.topics import Topics
+from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ __all__ = [
     "Tail",
     "new_request",
 ]
+
+
+T = TypeVar("T")
 
 
 class GatewayError(RuntimeError):
@@ -166,42 +169,52 @@ class Tail:
             self._consumer = None
 
 
-class DecisionWatcher(Tail):
-    """Tails `<prefix>decisions`: resolves `expect(request_id)` futures, keeps the recent ones."""
+class AwaitingTail(Tail, Generic[T]):
+    """A tail that keeps the most recent records by request_id and resolves futures waiting for
+    one: the one waiter map, shared by decisions (here) and delivery outcomes (the dispatcher)."""
 
-    def __init__(self, bootstrap: str, topics: Topics, recent: int = 10_000, backfill: int = 0):
-        super().__init__(bootstrap, [topics.decisions], backfill)
+    def __init__(self, bootstrap: str, topic: str, recent: int, backfill: int = 0) -> None:
+        super().__init__(bootstrap, [topic], backfill)
         self.recent_size = recent
-        self._recent: OrderedDict[str, DecisionRecord] = OrderedDict()
-        self._waiters: dict[str, list[asyncio.Future[DecisionRecord]]] = {}
-        self.unreadable = 0
+        self._recent: OrderedDict[str, T] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[T]]] = {}
 
-    def expect(self, request_id: str) -> asyncio.Future[DecisionRecord]:
-        """A future for the next decision on `request_id`: call before publishing the request."""
-        future: asyncio.Future[DecisionRecord] = asyncio.get_running_loop().create_future()
+    def expect(self, request_id: str) -> asyncio.Future[T]:
+        """A future for the next record on `request_id`: call before publishing the request."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(request_id, []).append(future)
         future.add_done_callback(lambda f: self._forget(request_id, f))
         return future
 
-    def _forget(self, request_id: str, future: asyncio.Future[DecisionRecord]) -> None:
+    def _forget(self, request_id: str, future: asyncio.Future[T]) -> None:
         waiters = self._waiters.get(request_id)
         if waiters and future in waiters:
             waiters.remove(future)
             if not waiters:
                 del self._waiters[request_id]
 
-    def recent(self, request_id: str) -> DecisionRecord | None:
+    def recent(self, request_id: str) -> T | None:
         return self._recent.get(request_id)
 
-    def remember(self, record: DecisionRecord) -> None:
-        request_id = record.decision.request_id
-        self._recent[request_id] = record
+    def keep(self, request_id: str, value: T) -> None:
+        self._recent[request_id] = value
         self._recent.move_to_end(request_id)
         while len(self._recent) > self.recent_size:
             self._recent.popitem(last=False)
         for future in list(self._waiters.get(request_id, ())):
             if not future.done():
-                future.set_result(record)
+                future.set_result(value)
+
+
+class DecisionWatcher(AwaitingTail[DecisionRecord]):
+    """Tails `<prefix>decisions`: resolves `expect(request_id)` futures, keeps the recent ones."""
+
+    def __init__(self, bootstrap: str, topics: Topics, recent: int = 10_000, backfill: int = 0):
+        super().__init__(bootstrap, topics.decisions, recent, backfill)
+        self.unreadable = 0
+
+    def remember(self, record: DecisionRecord) -> None:
+        self.keep(record.decision.request_id, record)
 
     def on_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.value is None:

@@ -24,11 +24,11 @@ from schemas.decision import Decision
 from schemas.events import Event, TokenSpent, event_key
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
-from windowgate.fold import fold, fold_page, is_page_event
-from windowgate.normalise import Unsupported, normalise
-from windowgate.rulebook import RuleBook
-from windowgate.transition import apply_event as fold_user
-from windowgate.transition import decide_request
+from windowgate.core.fold import fold, fold_page, is_page_event
+from windowgate.core.rulebook import RuleBook
+from windowgate.core.transition import apply_event as fold_user
+from windowgate.core.transition import decide_request
+from windowgate.meta.normalise import Unsupported, normalise
 
 __all__ = ["TOKEN_MECHANISMS", "Applied", "OfflineGateway"]
 
@@ -70,8 +70,8 @@ class OfflineGateway:
         """Fold every event of one parsed webhook body, except those later than `now` (epoch ms;
         None: no limit); return what was not understood and the later events.
 
-        Raises `windowgate.normalise.EnvelopeError` (a `SchemaError`) when `body` is not a webhook
-        envelope at all; nothing is folded then.
+        Raises `windowgate.meta.normalise.EnvelopeError` (a `SchemaError`) when `body` is not a
+        webhook envelope at all; nothing is folded then.
         """
         normalised = normalise(body)
         if now is None:

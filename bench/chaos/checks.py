@@ -20,12 +20,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.chaos.stack import REPO_ROOT
 from bench.chaos.traffic import Ledger, request_id_of
+from devtools.graph_standin import Call
 from schemas.codec import SchemaError
 from schemas.decision import Decision, decode_decision_record
 from schemas.events import Event, MessageReceived, OtnOptin, decode_event
 from schemas.request import decode_request
-from tests.graph_standin import Call
-from windowgate.timeconst import HOUR_MS
+from windowgate.core.timeconst import HOUR_MS
 
 EXAMPLES = 5
 CLOCK_SKEW_MS = 5_000  # the stand-in's clock vs the webhook timestamps: one machine, generous

@@ -36,12 +36,13 @@ from bench.chaos.checks import (
 from bench.chaos.stack import Broker, Service, clean_environ, service_env
 from bench.chaos.traffic import Traffic
 from bench.results import commit as current_commit
+from devtools.devbroker import free_port, unique_name
+from devtools.graph_standin import GraphStandIn
 from schemas.events import Event, MessageReceived, encode_event
+from schemas.topics import Topics
 from services.common.kafka import durable_producer
 from services.common.runtime import now_ms
-from services.common.topics import Topics, ensure_topics
-from tests.graph_standin import GraphStandIn
-from windowgate.devbroker import free_port, unique_name
+from services.common.topics import ensure_topics
 
 APP_SECRET = "chaos-app-secret"
 VERIFY_TOKEN = "chaos-verify-token"

@@ -2,7 +2,7 @@
 
 Each service is configured only through the documented environment variables and runs in its own
 process group (so a signal reaches any child it forks), with Linux's parent-death signal set so a
-killed harness leaves nothing behind. The broker is `windowgate.devbroker.LocalKafka` on fixed
+killed harness leaves nothing behind. The broker is `devtools.devbroker.LocalKafka` on fixed
 free ports and a data dir of the run, so a kill -9 and a restart find the same cluster.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from windowgate.devbroker import LocalKafka, free_port, signal_on_parent_death
+from devtools.devbroker import LocalKafka, free_port, signal_on_parent_death
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

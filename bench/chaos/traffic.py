@@ -27,8 +27,8 @@ import orjson
 from schemas.events import Event, OtnOptin
 from services.common.runtime import now_ms
 from services.ingest.signature import sign
-from windowgate.normalise import normalise
-from windowgate.timeconst import HOUR_MS
+from windowgate.core.timeconst import HOUR_MS
+from windowgate.meta.normalise import normalise
 
 TOPICS = ("back-in-stock", "price-drop")
 TEXT_PREFIX = "chaos "

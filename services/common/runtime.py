@@ -8,8 +8,8 @@ import time
 from typing import Final
 
 from services.common.settings import Settings
-from windowgate.pages import load_pages
-from windowgate.rulebook import RuleBook, load_rules
+from windowgate.core.pages import load_pages
+from windowgate.core.rulebook import RuleBook, load_rules
 
 
 def now_ms() -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from schemas.topics import Topics
 from services.common.settings import REPLICATION_VARIABLE, min_insync_replicas, replication_from_env
 
 log = logging.getLogger(__name__)
@@ -22,31 +23,6 @@ log = logging.getLogger(__name__)
 
 class TopicLayoutError(RuntimeError):
     """A keyed topic exists with another partition count: one user's records would not co-locate."""
-
-
-@dataclass(frozen=True)
-class Topics:
-    prefix: str = "windowgate."
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}events"
-
-    @property
-    def send_requests(self) -> str:
-        return f"{self.prefix}send-requests"
-
-    @property
-    def decisions(self) -> str:
-        return f"{self.prefix}decisions"
-
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.prefix}dead-letter"
-
-    @property
-    def keyed(self) -> tuple[str, ...]:
-        return (self.events, self.send_requests, self.decisions)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,6 @@
-"""The dispatcher: delivers the window's decisions through the Graph Send API, spending every
-token and every request_id at most once, and serves the HTTP API and the drop-in Graph proxy.
+"""The dispatcher: two jobs in two folders, started together or apart by DISPATCHER_ROLE.
 
-    worker        the protocol: decisions in, dispatch log (attempt / done), outcome events out
-    dispatchlog   the dispatch log's records, and reading one partition back
-    graph         one HTTP call to Graph, and the retry policy around a delivery
-    graph_request the call per mechanism (pure)       graph_errors  answers → actions (pure, data)
-    outcome       settled request → events + done (pure)
-    ratelimit     per-page limits                     proxy  Meta's body ↔ windowgate (pure)
-    api, feeds    HTTP API, proxy, and what they read  service, config, metrics, __main__
+delivery/  decisions → Graph, exactly once (the partition protocol, the dispatch log, Graph calls)
+front/     the /v1 HTTP API and the drop-in Graph proxy
+service, config, metrics, __main__   wiring, settings, Prometheus counters, the entry point
 """

@@ -18,7 +18,7 @@ from services.common.runtime import load_rulebook, relax_gc
 from services.common.settings import Settings, SettingsError
 from services.dispatcher.config import DispatcherConfig
 from services.dispatcher.service import serve
-from windowgate.rulebook import RulesError
+from windowgate.core.rulebook import RulesError
 
 
 def main() -> int:

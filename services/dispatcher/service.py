@@ -16,18 +16,21 @@ from typing import Self
 from aiohttp import web
 
 from schemas.request import SendRequest, encode_request
+from schemas.topics import Topics
 from services.common.kafka import durable_producer
 from services.common.runtime import now_ms
-from services.common.topics import Topics, ensure_topics
-from services.dispatcher.api import DispatcherApi
+from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
-from services.dispatcher.dispatchlog import ensure_log_topic
-from services.dispatcher.feeds import OutcomeWatcher, TokenIndex
-from services.dispatcher.graph import Deliverer, GraphClient, Sender
-from services.dispatcher.ratelimit import PageRateLimiter
-from services.dispatcher.worker import HOUR_MS, Deps, Dispatcher
+from services.dispatcher.delivery.consumer import Dispatcher
+from services.dispatcher.delivery.dispatchlog import ensure_log_topic
+from services.dispatcher.delivery.graph import Deliverer, GraphClient, Sender
+from services.dispatcher.delivery.ratelimit import PageRateLimiter
+from services.dispatcher.delivery.worker import Deps
+from services.dispatcher.front.api import DispatcherApi
+from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from windowgate.client import DecisionWatcher
-from windowgate.rulebook import RuleBook
+from windowgate.core.rulebook import RuleBook
+from windowgate.core.timeconst import HOUR_MS
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import sys
 
 from aiohttp import web
 
+from schemas.topics import Topics
 from services.common.logs import configure_logging
 from services.common.runtime import relax_gc
 from services.common.settings import Settings, SettingsError
-from services.common.topics import Topics
 from services.ingest.app import create_app
 from services.ingest.config import IngestConfig
 from services.ingest.publisher import KafkaPublisher

@@ -30,15 +30,15 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics
 from services.ingest import signature
 from services.ingest.config import IngestConfig
 from services.ingest.metrics import CONTENT_TYPE_LATEST, IngestMetrics
 from services.ingest.outbox import build_outbox
 from services.ingest.publisher import Publisher, PublishError
 from services.ingest.recent import RecentKeys
-from windowgate.normalise import EnvelopeError, normalise
+from windowgate.meta.normalise import EnvelopeError, normalise
 
 log = logging.getLogger("services.ingest")
 

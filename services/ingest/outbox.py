@@ -16,11 +16,11 @@ from typing import Any, Final
 import orjson
 
 from schemas.events import Event, encode_event
+from schemas.topics import Topics
 from services.common.deadletter import dead_letter_record
-from services.common.topics import Topics
 from services.ingest.publisher import Record
 from services.ingest.recent import RecentKeys
-from windowgate.normalise import Normalised, Unsupported
+from windowgate.meta.normalise import Normalised, Unsupported
 
 SERVICE: Final = "ingest"
 

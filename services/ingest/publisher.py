@@ -27,8 +27,9 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
+from schemas.topics import Topics
 from services.common.kafka import durable_producer
-from services.common.topics import TopicLayoutError, Topics, ensure_topics
+from services.common.topics import TopicLayoutError, ensure_topics
 from services.ingest.partitioner import KeyPartitioner
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,14 @@ import sys
 from collections.abc import Sequence
 
 from schemas.codec import SchemaError
+from schemas.topics import Topics
 from services.common.logs import configure_logging
 from services.common.runtime import load_rulebook
 from services.common.settings import Settings, SettingsError
-from services.common.topics import TopicLayoutError, Topics, ensure_topics
+from services.common.topics import TopicLayoutError, ensure_topics
 from services.window.config import WindowConfig
 from services.window.worker import WindowWorker, ensure_changelogs
-from windowgate.rulebook import RuleBook
+from windowgate.core.rulebook import RuleBook
 
 USAGE = "usage: python -m services.window {worker | replay [options]}"
 log = logging.getLogger("services.window")

@@ -36,7 +36,7 @@ from services.window.processing import (
     process_request_record,
 )
 from services.window.store import DecodeCache, StoredUser, encode_stored_user
-from windowgate.rulebook import RuleBook
+from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 

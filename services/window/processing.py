@@ -38,10 +38,10 @@ from schemas.request import SendRequest, decode_request
 from schemas.state import PageState, UserState
 from services.common.deadletter import dead_letter_record
 from services.window.store import NO_OFFSET, StoredUser, Tables
-from windowgate.fold import empty_state, fold_page, is_page_event
-from windowgate.rulebook import RuleBook
-from windowgate.transition import apply_event as fold_user
-from windowgate.transition import decide_request, decided_event
+from windowgate.core.fold import empty_state, fold_page, is_page_event
+from windowgate.core.rulebook import RuleBook
+from windowgate.core.transition import apply_event as fold_user
+from windowgate.core.transition import decide_request, decided_event
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The bodies of the window queries (DESIGN.md §4.3), as plain functions of state and time.
 
 `user_view` answers `GET /v1/pages/{page_id}/users/{user_id}`: the stored state and one entry per
-mechanism straight from `windowgate.decide.assess` (the verdicts `decide` itself would reach), so
-the answer to "could I send now?" is the gateway's own. `reach_view` shapes the summed reach
-counters (see `reach`) into `GET /v1/pages/{page_id}/reach`.
+mechanism straight from `windowgate.core.decide.assess` (the verdicts `decide` itself would
+reach), so the answer to "could I send now?" is the gateway's own. `reach_view` shapes the
+summed reach counters (see `reach`) into `GET /v1/pages/{page_id}/reach`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from schemas.codec import to_wire
 from schemas.state import PageState, UserState
 from services.window.reach import combine
 from services.window.store import StoredUser
-from windowgate.decide import Verdict, assess
-from windowgate.rulebook import RuleBook
-from windowgate.timestamps import ms_to_iso
+from windowgate.core.decide import Verdict, assess
+from windowgate.core.rulebook import RuleBook
+from windowgate.core.timestamps import ms_to_iso
 
 
 def _time(ms: int | None) -> str | None:

@@ -5,9 +5,9 @@ is computed per call. Instead every worker keeps, for the partitions it owns, co
 updated when a user's state changes:
 
 - `user_facts(state, now, rules)` turns one user's state into *facts*: `(label, until)` pairs,
-  read off `windowgate.decide.assess` (the same verdicts the user endpoint and `decide` give, never
-  a second copy of the rules): "reachable by RESPONSE until 10:42", "holds an OTN token for topic
-  X until next May", ... `until` is the verdict's `valid_until` (None: no end).
+  read off `windowgate.core.decide.assess` (the same verdicts the user endpoint and `decide` give,
+  never a second copy of the rules): "reachable by RESPONSE until 10:42", "holds an OTN token for
+  topic X until next May", ... `until` is the verdict's `valid_until` (None: no end).
 - An `ExpiringCounter` per (page, partition, label) counts facts whose `until` is still ahead.
   A heap of the distinct `until` times lets "count at now" expire what ended since the last call
   in O(expired · log n): a window that closes drops out of "reachable now" on time, with no event.
@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from schemas.state import UserState
-from windowgate.decide import assess
-from windowgate.rulebook import RuleBook
-from windowgate.timeconst import DAY_MS
+from windowgate.core.decide import assess
+from windowgate.core.rulebook import RuleBook
+from windowgate.core.timeconst import DAY_MS
 
 EXPIRING_SOON_MS = 7 * DAY_MS
 

@@ -35,10 +35,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codec import SchemaError, to_wire
 from schemas.state import PageState, decode_page_state
+from schemas.topics import Topics
 from services.common.logread import read_to_end as read_logs
 from services.common.logread import reader
 from services.common.settings import Settings, SettingsError
-from services.common.topics import Topics
 from services.window.config import PAGES_TABLE, USERS_TABLE, changelog_topic
 from services.window.processing import Source, process_event_record
 from services.window.store import MemoryTables, StoredUser, decode_stored_user

@@ -33,10 +33,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from schemas.state import PageState, UserState, decode_page_state
+from schemas.topics import Topics
 from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
-from services.common.topics import Topics, TopicSpec, ensure_topic_specs
+from services.common.topics import TopicSpec, ensure_topic_specs
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -44,7 +45,7 @@ from services.window.queries import reach_view, user_view
 from services.window.reach import ReachIndex
 from services.window.store import decode_stored_user
 from services.window.web import QueryApi, WebServer
-from windowgate.rulebook import RuleBook
+from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 

@@ -33,16 +33,17 @@ from schemas.events import (
 )
 from schemas.request import SendRequest, decode_request
 from schemas.state import PageState, UserState
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics, ensure_topics
+from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
-from services.dispatcher.dispatchlog import Attempt, Done, decode_record, ensure_log_topic
+from services.dispatcher.delivery.dispatchlog import Attempt, Done, decode_record, ensure_log_topic
 from windowgate.client import Tail
-from windowgate.decide import decide
-from windowgate.fold import fold
+from windowgate.core.decide import decide
+from windowgate.core.fold import fold
+from windowgate.core.pages import PageConfig, parse_pages
+from windowgate.core.rulebook import RuleBook, load_rules
 from windowgate.offline import OfflineGateway
-from windowgate.pages import PageConfig, parse_pages
-from windowgate.rulebook import RuleBook, load_rules
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGE_EU = "682498171943165"  # HUMAN_AGENT, region DE (legacy recurring), CUSTOMER_FEEDBACK on

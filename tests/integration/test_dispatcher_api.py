@@ -22,6 +22,8 @@ import aiohttp
 import fbmessenger
 import pytest_asyncio
 
+from devtools.devbroker import LocalKafka, free_port, unique_name
+from devtools.graph_standin import GraphStandIn
 from schemas.events import (
     Event,
     MessageReceived,
@@ -30,10 +32,9 @@ from schemas.events import (
     RecurringOptin,
     UserUnavailable,
 )
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics
 from services.dispatcher.service import DispatcherService
-from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
     API_TOKEN,
     DEADLINE_S,
@@ -49,7 +50,6 @@ from tests.integration.dispatcher_kit import (
     rules,
 )
 from windowgate.client import HttpGateway, KafkaGateway, new_request
-from windowgate.devbroker import LocalKafka, free_port, unique_name
 
 BOOK = rules()
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

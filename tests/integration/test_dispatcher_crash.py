@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from devtools.devbroker import unique_name
+from devtools.graph_standin import GraphStandIn
 from schemas.events import TokenOutcomeUnknown
-from services.common.topics import Topics
-from tests.graph_standin import GraphStandIn
+from schemas.topics import Topics
 from tests.integration.dispatcher_kit import (
     API_TOKEN,
     DEADLINE_S,
@@ -31,7 +32,6 @@ from tests.integration.dispatcher_kit import (
     rules,
     write_pages,
 )
-from windowgate.devbroker import unique_name
 
 BOOK = rules()
 PARTITIONS = 2

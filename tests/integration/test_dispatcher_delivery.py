@@ -16,6 +16,8 @@ from typing import Any
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from devtools.devbroker import unique_name
+from devtools.graph_standin import GraphStandIn
 from schemas.decision import DecisionRecord
 from schemas.events import (
     PageRestricted,
@@ -28,11 +30,10 @@ from schemas.events import (
     WindowClosedByMeta,
 )
 from schemas.state import PageState
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics
-from services.dispatcher.dispatchlog import Done
+from services.dispatcher.delivery.dispatchlog import Done
 from services.dispatcher.service import DispatcherService
-from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
     HOUR,
     PAGE_EU,
@@ -46,8 +47,7 @@ from tests.integration.dispatcher_kit import (
     rules,
     until,
 )
-from windowgate.devbroker import unique_name
-from windowgate.fold import fold_page
+from windowgate.core.fold import fold_page
 
 BOOK = rules()
 

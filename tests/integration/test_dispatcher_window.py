@@ -15,12 +15,13 @@ import aiohttp
 import fbmessenger
 import pytest_asyncio
 
+from devtools.devbroker import free_port, unique_name
+from devtools.graph_standin import GraphStandIn
+from devtools.window_harness import WindowProcess
 from schemas.events import MessageReceived, OtnOptin
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics
 from services.dispatcher.service import DispatcherService
-from services.window.process import WindowProcess
-from tests.graph_standin import GraphStandIn
 from tests.integration.dispatcher_kit import (
     API_TOKEN,
     HOUR,
@@ -33,7 +34,6 @@ from tests.integration.dispatcher_kit import (
     rules,
     write_pages,
 )
-from windowgate.devbroker import free_port, unique_name
 
 PARTITIONS = 2
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

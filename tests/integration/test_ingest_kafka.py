@@ -26,9 +26,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from devtools.devbroker import LocalKafka, create_topics, free_port, unique_name
 from schemas.events import decode_event
+from schemas.topics import Topics
 from services.common.kafka import durable_producer
-from services.common.topics import Topics
 from services.ingest.app import create_app
 from services.ingest.publisher import KafkaPublisher
 from tests.unit.test_ingest_app import (
@@ -39,8 +40,7 @@ from tests.unit.test_ingest_app import (
     message_element,
     signed,
 )
-from windowgate.devbroker import LocalKafka, create_topics, free_port, unique_name
-from windowgate.normalise import normalise
+from windowgate.meta.normalise import normalise
 
 pytestmark = pytest.mark.integration
 

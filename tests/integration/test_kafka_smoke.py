@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ProducerFenced
 
-from windowgate.devbroker import unique_name
+from devtools.devbroker import unique_name
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from services.local_run import REPO_ROOT, port_in_use
-from windowgate.devbroker import free_port, probe
+from devtools.devbroker import free_port, probe
+from devtools.local_run import REPO_ROOT, port_in_use
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +27,12 @@ SERVICE_PORTS = ("INGEST_PORT", "WINDOW_PORT", "DISPATCHER_PORT", "GRAPH_STANDIN
 
 
 class MakeRun:
-    """`python -m services.local_run` in the background, its output collected line by line."""
+    """`python -m devtools.local_run` in the background, its output collected line by line."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.local_run", "--rate", "2"],
+            [sys.executable, "-m", "devtools.local_run", "--rate", "2"],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -8,9 +8,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from services.common.topics import TopicLayoutError, Topics, ensure_topics
-from services.dispatcher.dispatchlog import ensure_log_topic
-from windowgate.devbroker import unique_name
+from devtools.devbroker import unique_name
+from schemas.topics import Topics
+from services.common.topics import TopicLayoutError, ensure_topics
+from services.dispatcher.delivery.dispatchlog import ensure_log_topic
 
 pytestmark = pytest.mark.integration
 

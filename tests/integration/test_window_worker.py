@@ -25,17 +25,18 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from devtools.devbroker import free_port, unique_name
+from devtools.window_harness import REPO_ROOT, WindowProcess
 from schemas.decision import Decision, decode_decision_record
 from schemas.events import Event, MessageReceived, OtnOptin, PolicyEnforcement, encode_event
 from schemas.request import SendRequest, encode_request
+from schemas.topics import Topics
 from services.common.runtime import now_ms
-from services.common.topics import Topics, ensure_topics
+from services.common.topics import ensure_topics
 from services.window.config import changelog_topic
-from services.window.process import REPO_ROOT, WindowProcess
 from services.window.processing import partition_for
 from services.window.store import StoredUser, decode_stored_user, encode_stored_user
-from windowgate.devbroker import free_port, unique_name
-from windowgate.timeconst import HOUR_MS
+from windowgate.core.timeconst import HOUR_MS
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from schemas import (
     SendRequest,
     UserState,
 )
-from windowgate.timeconst import DAY_MS, HOUR_MS
-from windowgate.timestamps import parse_iso_ms
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.timestamps import parse_iso_ms
 
 PAGE = "682498171943165"
 USER = "1254459154682919"

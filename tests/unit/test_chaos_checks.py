@@ -8,10 +8,10 @@ import orjson
 
 from bench.chaos.checks import check_decisions, check_graph, check_webhooks, event_id
 from bench.chaos.traffic import TEXT_PREFIX, Body, Ledger, Request
+from devtools.graph_standin import Call
 from schemas.decision import Decision
-from tests.graph_standin import Call
-from windowgate.normalise import normalise
-from windowgate.timeconst import HOUR_MS
+from windowgate.core.timeconst import HOUR_MS
+from windowgate.meta.normalise import normalise
 
 PAGE = "682498171943165"
 USER = "1254459154682919"

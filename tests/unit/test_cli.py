@@ -13,8 +13,8 @@ import pytest
 
 from tests import fixtures_path
 from windowgate.cli import LATER_SHOWN, main
-from windowgate.timeconst import DAY_MS, HOUR_MS
-from windowgate.timestamps import ms_to_iso, parse_iso_ms
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGE = "682498171943165"

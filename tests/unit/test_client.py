@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from schemas.decision import Decision, DecisionRecord, decision_to_wire
-from services.common.topics import Topics
+from schemas.topics import Topics
 from windowgate.client import DecisionWatcher, GatewayError, HttpGateway, new_request
 
 PAGE, USER = "682498171943165", "1254459154682919"

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from services import local_run, preflight
+from devtools import local_run
+from services import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -97,7 +98,7 @@ def test_the_pages_file_is_mounted_read_only_where_the_services_look() -> None:
 
 def test_the_demo_is_make_run_with_the_graph_standin_in_the_image() -> None:
     demo = SERVICES["demo"]
-    assert demo["command"][:3] == ["python", "-m", "services.local_run"]
+    assert demo["command"][:3] == ["python", "-m", "devtools.local_run"]
     assert environment("demo")["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert demo["depends_on"]["kafka"] == {"condition": "service_healthy"}
     assert "--host" in demo["command"]
@@ -109,4 +110,4 @@ def test_the_demo_is_make_run_with_the_graph_standin_in_the_image() -> None:
     assert re.search(rf"^COPY {package} \./{package}$", dockerfile, re.MULTILINE)
     assert demo["working_dir"] == "/src"
     assert "WORKDIR /src" in dockerfile
-    assert "services.local_run" in README and "--profile demo up" in README
+    assert "devtools.local_run" in README and "--profile demo up" in README

@@ -35,10 +35,10 @@ from tests.unit.builders import (
     rn_optin,
     rn_status,
 )
-from windowgate.decide import assess, decide, still_valid
-from windowgate.fold import fold, fold_all
-from windowgate.pages import PageConfig
-from windowgate.rulebook import load_rules
+from windowgate.core.decide import assess, decide, still_valid
+from windowgate.core.fold import fold, fold_all
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import load_rules
 
 RULES = load_rules()
 HA_PAGE = RULES.with_pages({PAGE: PageConfig(page_id=PAGE, human_agent=True)})

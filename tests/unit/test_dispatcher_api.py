@@ -15,15 +15,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.decision import DecisionRecord
 from schemas.request import SendRequest
-from services.common.topics import Topics
-from services.dispatcher.api import DispatcherApi
-from services.dispatcher.dispatchlog import Done
-from services.dispatcher.feeds import OutcomeWatcher, TokenIndex, TokenOwner
+from schemas.topics import Topics
+from services.dispatcher.delivery.dispatchlog import Done
+from services.dispatcher.front.api import DispatcherApi
+from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex, TokenOwner
 from tests.unit.builders import PAGE, T0, USER, H, message, otn
 from windowgate.client import DecisionWatcher
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import load_rules
 from windowgate.offline import OfflineGateway
-from windowgate.pages import PageConfig
-from windowgate.rulebook import load_rules
 
 PAGE_TOKEN = "page-access-token"
 API_TOKEN = "api-token"

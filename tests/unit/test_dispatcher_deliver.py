@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.dispatcher.graph import Answer, Deliverer
-from services.dispatcher.graph_errors import classify, classify_transport
-from services.dispatcher.graph_request import GraphCall
-from services.dispatcher.ratelimit import PageRateLimiter
+from services.dispatcher.delivery.graph import Answer, Deliverer
+from services.dispatcher.delivery.ratelimit import PageRateLimiter
+from windowgate.meta.graph_errors import classify, classify_transport
+from windowgate.meta.send_api import GraphCall
 
 CALL = GraphCall("/v25.0/p/messages", {"recipient": {"id": "u"}}, "text", "p")
 OK = Answer(classify(200, {"message_id": "m_1"}), 200, {"message_id": "m_1"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.codec import SchemaError
-from services.dispatcher.dispatchlog import (
+from services.dispatcher.delivery.dispatchlog import (
     Attempt,
     Done,
     LogScan,

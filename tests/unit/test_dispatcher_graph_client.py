@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from services.dispatcher.graph import GraphClient
-from services.dispatcher.graph_request import GraphCall
-from tests.graph_standin import GraphStandIn
-from windowgate.devbroker import free_port
+from devtools.devbroker import free_port
+from devtools.graph_standin import GraphStandIn
+from services.dispatcher.delivery.graph import GraphClient
+from windowgate.meta.send_api import GraphCall
 
 PAGE = "682498171943165"
 TOKEN = "page-token"

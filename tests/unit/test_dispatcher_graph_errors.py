@@ -7,7 +7,8 @@ from typing import Any, get_args
 import orjson
 import pytest
 
-from services.dispatcher.graph_errors import (
+from tests.fixtures_path import fixtures_dir
+from windowgate.meta.graph_errors import (
     ACTIONS,
     RULES,
     ErrorClass,
@@ -16,7 +17,6 @@ from services.dispatcher.graph_errors import (
     classify_transport,
     match,
 )
-from tests.fixtures_path import fixtures_dir
 
 
 def fixture(name: str) -> Any:

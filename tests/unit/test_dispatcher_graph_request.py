@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from schemas.decision import Decision, DecisionRecord
-from services.dispatcher.graph_request import CannotSend, build_call, rate_class
 from tests.unit.builders import PAGE, T0, USER
-from windowgate.pages import PageConfig
+from windowgate.core.pages import PageConfig
+from windowgate.meta.send_api import CannotSend, build_call, rate_class
 
 V = "v25.0"
 CONFIG = PageConfig(page_id=PAGE, access_token="tok", ad_account_id="act_998877")

@@ -19,11 +19,11 @@ from schemas.events import (
     WindowClosedByMeta,
 )
 from schemas.state import PageState
-from services.dispatcher.dispatchlog import Attempt
-from services.dispatcher.graph_errors import classify, classify_transport
-from services.dispatcher.outcome import not_sent, settle, token_taken, unknown_after_crash
+from services.dispatcher.delivery.dispatchlog import Attempt
+from services.dispatcher.delivery.outcome import not_sent, settle, token_taken, unknown_after_crash
 from tests.unit.builders import PAGE, T0, USER, empty, otn, rn_optin
-from windowgate.fold import fold, fold_page
+from windowgate.core.fold import fold, fold_page
+from windowgate.meta.graph_errors import classify, classify_transport
 
 NOW = T0 + 1000
 

@@ -15,20 +15,20 @@ from prometheus_client import REGISTRY
 from schemas.decision import DecisionRecord, encode_decision_record
 from schemas.events import SendOutcome, TokenReleased
 from schemas.request import SendRequest
-from services.common.topics import Topics
+from schemas.topics import Topics
 from services.dispatcher.config import DispatcherConfig
-from services.dispatcher.dispatchlog import TokenUse, apply_token, request_key, token_use
-from services.dispatcher.graph import Answer, Deliverer
-from services.dispatcher.graph_errors import classify
-from services.dispatcher.graph_request import GraphCall
-from services.dispatcher.outcome import Settlement, attempt_for, not_sent, settle
-from services.dispatcher.ratelimit import PageRateLimiter
-from services.dispatcher.worker import Deps, PartitionWorker, Plan
+from services.dispatcher.delivery.dispatchlog import TokenUse, apply_token, request_key, token_use
+from services.dispatcher.delivery.graph import Answer, Deliverer
+from services.dispatcher.delivery.outcome import Settlement, attempt_for, not_sent, settle
+from services.dispatcher.delivery.ratelimit import PageRateLimiter
+from services.dispatcher.delivery.worker import Deps, PartitionWorker, Plan
 from tests.unit.builders import PAGE, T0, USER, H, empty, message, otn, rn_optin
-from windowgate.decide import decide
-from windowgate.fold import fold
-from windowgate.pages import PageConfig
-from windowgate.rulebook import load_rules
+from windowgate.core.decide import decide
+from windowgate.core.fold import fold
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import load_rules
+from windowgate.meta.graph_errors import classify
+from windowgate.meta.send_api import GraphCall
 
 BOOK = load_rules(None, {PAGE: PageConfig(page_id=PAGE, access_token="page-token", region="DE")})
 NOW = T0 + H
@@ -197,8 +197,8 @@ async def test_a_retry_after_a_new_producer_drops_what_another_owner_attempted_m
 ) -> None:
     """A worker whose transaction failed starts a new producer (fencing whoever took the partition
     while it stalled) and re-reads the log: what the other owner attempted is not called again."""
-    import services.dispatcher.worker as worker_module
-    from services.dispatcher.dispatchlog import LogScan
+    import services.dispatcher.delivery.worker as worker_module
+    from services.dispatcher.delivery.dispatchlog import LogScan
 
     r1, r2 = decided("r1", **OTN), decided("r2", purpose="response")
     r3 = decided("r3", purpose="response")

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from schemas.decision import Alternative, Decision
-from services.dispatcher.dispatchlog import Done
-from services.dispatcher.proxy import ProxyError, forwarded, parse_body, refusal
+from services.dispatcher.delivery.dispatchlog import Done
 from tests.unit.builders import PAGE, T0, USER
+from windowgate.meta.proxy import ProxyError, forwarded, parse_body, refusal
 
 TEXT = {"text": "hi"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.dispatcher.ratelimit import PageRateLimiter
+from services.dispatcher.delivery.ratelimit import PageRateLimiter
 
 
 def schedule(limiter: PageRateLimiter, page: str, count: int, now: float = 0.0) -> list[float]:

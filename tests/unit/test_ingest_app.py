@@ -22,16 +22,16 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.events import MessageReceived, decode_event, encode_event
+from schemas.topics import Topics
 from services.common.logs import JsonFormatter
-from services.common.topics import Topics
 from services.ingest.app import ACCEPTED, INGEST, create_app
 from services.ingest.config import IngestConfig
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import BrokerUnavailable, Health, PublishTimeout, Record
 from services.ingest.signature import HEADER, sign
 from tests import fixtures_path
-from windowgate.fold import empty_state, fold
-from windowgate.normalise import normalise
+from windowgate.core.fold import empty_state, fold
+from windowgate.meta.normalise import normalise
 
 SECRET = b"test-app-secret-5f2a"
 VERIFY_TOKEN = "test-verify-token-91c4"

@@ -25,7 +25,7 @@ from tests.unit.test_ingest_app import (
     signed,
     start_client,
 )
-from windowgate.normalise import EnvelopeError, Normalised, normalise
+from windowgate.meta.normalise import EnvelopeError, Normalised, normalise
 
 FUZZ = settings(
     max_examples=150,

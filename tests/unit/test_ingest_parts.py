@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from schemas.events import decode_event, encode_event
-from services.common.topics import Topics
+from schemas.topics import Topics
 from services.ingest.outbox import MAX_RECORD_BYTES, build_outbox
 from services.ingest.recent import RecentKeys
 from services.ingest.signature import sign, verify
-from windowgate.normalise import normalise
+from windowgate.meta.normalise import normalise
 
 SECRET = b"app-secret"
 BODY = b'{"object":"page","entry":[]}'

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools import local_run
+from devtools.local_run import Port, RunError, port_problems, previous_run, try_it
 from schemas.request import request_from_wire
-from services import local_run
 from services.common.settings import SettingsError
-from services.local_run import Port, RunError, port_problems, previous_run, try_it
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_a_run_folder_in_use_by_a_live_make_run_is_left_alone(tmp_path: Path) ->
     """Two make runs in one checkout: the second must not wipe the first one's logs and topics."""
     code = "import time; print('up', flush=True); time.sleep(60)"
     other = subprocess.Popen(
-        [sys.executable, "-c", code, "services.local_run"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, "devtools.local_run"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert other.stdout is not None

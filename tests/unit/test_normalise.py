@@ -1,4 +1,4 @@
-"""windowgate.normalise: Meta webhook bodies → events, never an exception past the envelope."""
+"""windowgate.meta.normalise: Meta webhook bodies → events, never an exception past the envelope."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ from schemas.events import (
 )
 from schemas.state import UserState
 from tests import fixtures_path
-from windowgate.fold import fold
-from windowgate.normalise import (
+from windowgate.core.fold import fold
+from windowgate.core.timestamps import MAX_EPOCH_MS
+from windowgate.meta.normalise import (
     INTERNAL_ERROR_REASON,
     OBJECT_PLATFORMS,
     EnvelopeError,
@@ -43,7 +44,6 @@ from windowgate.normalise import (
     Unsupported,
     normalise,
 )
-from windowgate.timestamps import MAX_EPOCH_MS
 
 PAGE = "682498171943165"
 USER = "1254459154682919"

@@ -11,11 +11,11 @@ from schemas.events import event_key
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
 from tests import fixtures_path
-from windowgate.normalise import EnvelopeError
+from windowgate.core.rulebook import load_rules
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.timestamps import parse_iso_ms
+from windowgate.meta.normalise import EnvelopeError
 from windowgate.offline import Applied, OfflineGateway
-from windowgate.rulebook import load_rules
-from windowgate.timeconst import DAY_MS, HOUR_MS
-from windowgate.timestamps import parse_iso_ms
 
 PAGE = "682498171943165"
 USER = "1254459154682919"
@@ -183,7 +183,7 @@ def test_recurring_notifications_ended_on_2026_02_10(gateway: OfflineGateway) ->
 
 def test_the_demo_timeline_tells_the_truth(capsys: pytest.CaptureFixture[str]) -> None:
     """`make run` (without the broker): every row's answer is the core's, in time order."""
-    from windowgate import demo
+    from devtools import demo
 
     assert demo.main(["--no-broker"]) == 0
     rows = {}

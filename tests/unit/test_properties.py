@@ -23,10 +23,10 @@ from schemas import (
     WindowClosedByMeta,
 )
 from tests.unit.builders import PAGE, T0, USER, H, decided, empty, message
-from windowgate.decide import decide
-from windowgate.fold import fold, fold_all
-from windowgate.pages import PageConfig
-from windowgate.rulebook import load_rules
+from windowgate.core.decide import decide
+from windowgate.core.fold import fold, fold_all
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import load_rules
 
 BOOKS = [
     load_rules(),

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from tests.unit.builders import at
-from windowgate.pages import PageConfig, PagesError, parse_pages
-from windowgate.rulebook import RulesError, load_rules, parse_rules
+from windowgate.core.pages import PageConfig, PagesError, parse_pages
+from windowgate.core.rulebook import RulesError, load_rules, parse_rules
 
 RULES = load_rules()
 

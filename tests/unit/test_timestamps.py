@@ -1,4 +1,4 @@
-"""windowgate.timestamps: Meta's timestamps (ms, seconds, strings) and ISO-8601 rule dates."""
+"""windowgate.core.timestamps: Meta's timestamps (ms, seconds, strings) and ISO-8601 rule dates."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from windowgate.timestamps import MAX_EPOCH_MS, ms_to_iso, parse_iso_ms, to_epoch_ms
+from windowgate.core.timestamps import MAX_EPOCH_MS, ms_to_iso, parse_iso_ms, to_epoch_ms
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),

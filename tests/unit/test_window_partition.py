@@ -20,7 +20,7 @@ from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
 from services.window.store import decode_stored_user
 from tests.unit.builders import PAGE, T0, USER, H, message, otn
-from windowgate.rulebook import load_rules
+from windowgate.core.rulebook import load_rules
 
 RULES = load_rules()
 PARTITIONS = 4

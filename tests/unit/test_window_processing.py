@@ -38,9 +38,9 @@ from services.window.store import (
 from tests.fixtures_path import fixtures_dir
 from tests.unit.builders import PAGE, T0, USER, H, message, otn
 from tests.unit.test_properties import order_free_events
-from windowgate.normalise import normalise
+from windowgate.core.rulebook import load_rules
+from windowgate.meta.normalise import normalise
 from windowgate.offline import OfflineGateway
-from windowgate.rulebook import load_rules
 
 RULES = load_rules()
 KEY = f"{PAGE}:{USER}".encode()

@@ -9,15 +9,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from devtools.devbroker import free_port
 from schemas.state import PageState, UserState
 from services.window.processing import partition_for
 from services.window.queries import reach_view, user_view
 from services.window.store import StoredUser
 from services.window.web import HOP_HEADER, SERVED_BY_HEADER, QueryApi
 from tests.unit.builders import PAGE, T0, USER, H, message, otn
-from windowgate.devbroker import free_port
-from windowgate.fold import fold
-from windowgate.rulebook import load_rules
+from windowgate.core.fold import fold
+from windowgate.core.rulebook import load_rules
 
 RULES = load_rules()
 TOKEN = "s3cret"

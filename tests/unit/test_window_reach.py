@@ -22,10 +22,10 @@ from services.window.reach import (
 )
 from tests.unit.builders import PAGE, T0, D, H, at, decided, message
 from tests.unit.test_properties import TOPICS, hours, order_free_events
-from windowgate.decide import assess, decide
-from windowgate.fold import fold, fold_all
-from windowgate.pages import PageConfig
-from windowgate.rulebook import RuleBook, load_rules
+from windowgate.core.decide import assess, decide
+from windowgate.core.fold import fold, fold_all
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import RuleBook, load_rules
 
 RULES = load_rules().with_pages(
     {PAGE: PageConfig(page_id=PAGE, human_agent=True, region="DE", ad_account_id="act_1")}

@@ -2,9 +2,9 @@
 
 Offline and instant: replays every webhook fixture through the fold the window worker runs and
 decides a handful of requests at chosen instants, as the worker does. `make run` runs the real
-services (python -m services.local_run). Without --no-broker it also starts the dev broker.
+services (python -m devtools.local_run). Without --no-broker it also starts the dev broker.
 
-    python -m windowgate.demo [--no-broker] [--broker-timeout SECONDS]
+    python -m devtools.demo [--no-broker] [--broker-timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import orjson
 
 from schemas.decision import Decision
 from schemas.request import SendRequest
-from windowgate.normalise import Normalised, normalise
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import load_rules
+from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
+from windowgate.meta.normalise import Normalised, normalise
 from windowgate.offline import OfflineGateway
-from windowgate.pages import PageConfig
-from windowgate.rulebook import load_rules
-from windowgate.timeconst import DAY_MS, HOUR_MS
-from windowgate.timestamps import ms_to_iso, parse_iso_ms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR_ENV = "WINDOWGATE_SHARED_DIR"
@@ -56,7 +56,7 @@ def ensure_broker(timeout_s: float) -> str:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     bootstrap = configured or DEFAULT_BOOTSTRAP
     try:
-        from windowgate.devbroker import probe
+        from devtools.devbroker import probe
 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         if probe(bootstrap, timeout_s=3.0):
@@ -66,7 +66,7 @@ def ensure_broker(timeout_s: float) -> str:
     if configured:
         return f"KAFKA_BOOTSTRAP_SERVERS={configured} does not answer; carrying on without it"
     _say(f"No Kafka at {bootstrap}: starting the dev broker, up to {timeout_s:.0f} s ...")
-    command = [sys.executable, "-m", "windowgate.devbroker", "start"]
+    command = [sys.executable, "-m", "devtools.devbroker", "start"]
     try:
         done = subprocess.run(
             command,
@@ -79,7 +79,7 @@ def ensure_broker(timeout_s: float) -> str:
     except subprocess.TimeoutExpired:
         return (
             f"the dev broker did not answer within {timeout_s:.0f} s; carrying on without it "
-            "(see `python -m windowgate.devbroker status`, stop it with `make broker-stop`)"
+            "(see `python -m devtools.devbroker status`, stop it with `make broker-stop`)"
         )
     except OSError as exc:
         return f"could not run the dev broker ({exc}); carrying on without it"
@@ -238,7 +238,7 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m windowgate.demo",
+        prog="python -m devtools.demo",
         description="windowgate's demo (make run): the policy core on Meta's webhook fixtures.",
     )
     parser.add_argument("--no-broker", action="store_true", help="do not start or probe Kafka")

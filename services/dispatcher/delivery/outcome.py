@@ -27,8 +27,8 @@ from schemas.events import (
     UserUnavailable,
     WindowClosedByMeta,
 )
-from services.dispatcher.dispatchlog import Attempt, Done, TokenUse, token_use
-from services.dispatcher.graph_errors import Action, TokenFate, Verdict
+from services.dispatcher.delivery.dispatchlog import Attempt, Done, TokenUse, token_use
+from windowgate.meta.graph_errors import Action, GraphVerdict, TokenFate
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ def _token_event(attempt: Attempt, fate: TokenFate, now: int) -> Event | None:
     return TokenOptedOut(**_common(attempt, now, fate), token=token)
 
 
-def _fact_event(attempt: Attempt, verdict: Verdict, now: int) -> Event | None:
+def _fact_event(attempt: Attempt, verdict: GraphVerdict, now: int) -> Event | None:
     fact = verdict.action.fact
     if fact == "window_closed":
         return WindowClosedByMeta(**_common(attempt, now, fact), request_id=attempt.request_id)
@@ -98,7 +98,7 @@ def _fact_event(attempt: Attempt, verdict: Verdict, now: int) -> Event | None:
 
 def settle(
     attempt: Attempt,
-    verdict: Verdict,
+    verdict: GraphVerdict,
     now: int,
     *,
     action: Action | None = None,

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from services.dispatcher.graph_request import RateClass
+from windowgate.meta.send_api import RateClass
 
 Key = tuple[str, RateClass]
 

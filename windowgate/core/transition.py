@@ -14,9 +14,9 @@ from schemas.events import Event, RequestDecided
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
 from schemas.types import Platform
-from windowgate.decide import decide
-from windowgate.fold import empty_state, fold
-from windowgate.rulebook import RuleBook
+from windowgate.core.decide import decide
+from windowgate.core.fold import empty_state, fold
+from windowgate.core.rulebook import RuleBook
 
 
 def apply_event(state: UserState | None, event: Event) -> UserState:

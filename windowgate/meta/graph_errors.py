@@ -1,7 +1,7 @@
 """Every Graph Send API answer, classified as data (platform-rules.md §7): meaning and action.
 
 Pure. `classify` turns one answer (HTTP status and parsed body) or one transport failure into a
-`Verdict`: the class of the answer and the `Action` the dispatcher takes — retry or not, the
+`GraphVerdict`: the class of the answer and the `Action` the dispatcher takes — retry or not, the
 delivery status it records, what happens to the token, and which fact is folded back into the
 user's (or the page's) state. Adding a Meta error code is a row in `RULES`, not a new branch.
 """
@@ -69,7 +69,7 @@ ACTIONS: dict[ErrorClass, Action] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class ErrorRule:
     """One row: `code` / `subcode` None match any; `text` must occur in the message (any case)."""
 
     error_class: ErrorClass
@@ -78,33 +78,33 @@ class Rule:
     text: str | None = None
 
 
-RULES: tuple[Rule, ...] = (
+RULES: tuple[ErrorRule, ...] = (
     # most specific first: the first matching row wins
-    Rule("window_closed", 10, 2018278),
-    Rule("window_closed", 10, 2534022),
-    Rule("opted_out", 10, 1893015),
-    Rule("user_unavailable", 10, 2018108),
-    Rule("page_restricted", 10, 1893063),
-    Rule("window_closed", 10, None, "outside of allowed window"),
-    Rule("user_unavailable", 551),
-    Rule("user_unavailable", 200, 1545041),
-    Rule("page_restricted", 2022),
-    Rule("thread_owned", None, 2018300),
-    Rule("thread_owned", None, 2018321),
-    Rule("rn_cooldown", 4, 2018354),
-    Rule("rate_limited", 613),
-    Rule("rate_limited", 4),
-    Rule("auth", 190),
-    Rule("transient", 1),
-    Rule("transient", 2),
-    Rule("invalid", 100),
+    ErrorRule("window_closed", 10, 2018278),
+    ErrorRule("window_closed", 10, 2534022),
+    ErrorRule("opted_out", 10, 1893015),
+    ErrorRule("user_unavailable", 10, 2018108),
+    ErrorRule("page_restricted", 10, 1893063),
+    ErrorRule("window_closed", 10, None, "outside of allowed window"),
+    ErrorRule("user_unavailable", 551),
+    ErrorRule("user_unavailable", 200, 1545041),
+    ErrorRule("page_restricted", 2022),
+    ErrorRule("thread_owned", None, 2018300),
+    ErrorRule("thread_owned", None, 2018321),
+    ErrorRule("rn_cooldown", 4, 2018354),
+    ErrorRule("rate_limited", 613),
+    ErrorRule("rate_limited", 4),
+    ErrorRule("auth", 190),
+    ErrorRule("transient", 1),
+    ErrorRule("transient", 2),
+    ErrorRule("invalid", 100),
     # Marketing Message API: inactive campaign/message, invalid message id or token, page mismatch
-    *(Rule("invalid", None, sub) for sub in range(2300000, 2300006)),
+    *(ErrorRule("invalid", None, sub) for sub in range(2300000, 2300006)),
 )
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class GraphVerdict:
     """The class of one answer, Meta's own code/subcode/message, and the action to take."""
 
     error_class: ErrorClass
@@ -149,11 +149,11 @@ def match(code: int | None, subcode: int | None, message: str | None) -> ErrorCl
     return None
 
 
-def _verdict(cls: ErrorClass, **fields: Any) -> Verdict:
-    return Verdict(cls, ACTIONS[cls], **fields)
+def _verdict(cls: ErrorClass, **fields: Any) -> GraphVerdict:
+    return GraphVerdict(cls, ACTIONS[cls], **fields)
 
 
-def classify(status: int, body: Any) -> Verdict:
+def classify(status: int, body: Any) -> GraphVerdict:
     """The verdict for an HTTP answer from the Graph API (`body` is the parsed JSON, or None)."""
     error = body.get("error") if isinstance(body, dict) else None
     if 200 <= status < 300 and not isinstance(error, dict):
@@ -184,7 +184,7 @@ def classify(status: int, body: Any) -> Verdict:
 Transport = Literal["connect", "timeout", "broken"]
 
 
-def classify_transport(kind: Transport, what: str) -> Verdict:
+def classify_transport(kind: Transport, what: str) -> GraphVerdict:
     """No HTTP answer: `connect` (never sent: safe to retry) or `timeout`/`broken` (ambiguous)."""
     if kind == "connect":
         return _verdict("unreachable", message=f"could not connect: {what}")

@@ -77,7 +77,7 @@ from schemas.events import (
     ThreadControlAction,
 )
 from schemas.types import Platform
-from windowgate.timestamps import to_epoch_ms
+from windowgate.core.timestamps import to_epoch_ms
 
 __all__ = [
     "INTERNAL_ERROR_REASON",

@@ -3,9 +3,9 @@
 Used by ``make broker`` / ``make broker-stop`` and by the integration-test fixture when no
 ``KAFKA_BOOTSTRAP_SERVERS`` is given and no Docker engine answers::
 
-    python -m windowgate.devbroker start    # 127.0.0.1:9092, data in <repo>/.kafka/, detached
-    python -m windowgate.devbroker status
-    python -m windowgate.devbroker stop
+    python -m devtools.devbroker start    # 127.0.0.1:9092, data in <repo>/.kafka/, detached
+    python -m devtools.devbroker status
+    python -m devtools.devbroker stop
 
     with LocalKafka() as kafka:             # free ports, temporary data dir, stopped on exit
         use(kafka.bootstrap)                # "127.0.0.1:<port>"
@@ -248,7 +248,7 @@ def _port_in_use(port: int) -> bool:
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
     return f"""\
-# Written by windowgate.devbroker: a single-node Kafka {KAFKA_VERSION} (KRaft) for development.
+# Written by devtools.devbroker: a single-node Kafka {KAFKA_VERSION} (KRaft) for development.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={HOST}:{controller_port}
@@ -272,7 +272,7 @@ group.initial.rebalance.delay.ms=0
 
 def _log4j2_properties(logs_dir: Path) -> str:
     return f"""\
-# Written by windowgate.devbroker: broker logs go to a file, the console stays quiet.
+# Written by devtools.devbroker: broker logs go to a file, the console stays quiet.
 status = warn
 name = windowgate-devbroker
 appender.file.type = File
@@ -866,7 +866,7 @@ def cmd_status(data_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m windowgate.devbroker",
+        prog="python -m devtools.devbroker",
         description=f"A single-node Apache Kafka {KAFKA_VERSION} (KRaft) for development.",
     )
     parser.add_argument("command", choices=("start", "stop", "status"))

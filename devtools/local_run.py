@@ -47,7 +47,7 @@ from services.ingest.config import DEMO_APP_SECRET
 from services.ingest.signature import sign
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GRAPH_STANDIN_MODULE = "tests.graph_standin"
+GRAPH_STANDIN_MODULE = "devtools.graph_standin"
 """The Graph API stand-in by module path, named here only (a dev package may take it later)."""
 API_TOKEN = "local-run-token"
 PAGES = {
@@ -254,11 +254,11 @@ async def broker_answers(bootstrap: str) -> bool:
 
 
 async def _devbroker(*args: str) -> tuple[int, str]:
-    """`python -m windowgate.devbroker ARGS`, in its own session; (exit code, its stderr)."""
+    """`python -m devtools.devbroker ARGS`, in its own session; (exit code, its stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "windowgate.devbroker",
+        "devtools.devbroker",
         *args,
         cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
@@ -354,12 +354,12 @@ def previous_run(run_dir: Path) -> dict[str, Any] | None:
 
 
 def running_make_run(pid: int) -> bool:
-    """Whether `pid` is a live `services.local_run` (not a recycled pid)."""
+    """Whether `pid` is a live `devtools.local_run` (not a recycled pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"services.local_run" in cmdline
+    return b"devtools.local_run" in cmdline
 
 
 def empty_run_dir(run_dir: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.decision import DecisionRecord
-from windowgate.pages import PageConfig
+from windowgate.core.pages import PageConfig
 
 RateClass = Literal["text", "media"]
 

@@ -23,9 +23,9 @@ import aiohttp
 import orjson
 import yarl
 
-from services.dispatcher.graph_errors import Verdict, classify, classify_transport
-from services.dispatcher.graph_request import GraphCall
-from services.dispatcher.ratelimit import PageRateLimiter
+from services.dispatcher.delivery.ratelimit import PageRateLimiter
+from windowgate.meta.graph_errors import GraphVerdict, classify, classify_transport
+from windowgate.meta.send_api import GraphCall
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class Answer:
     """One call's classified answer, with Meta's HTTP status and JSON body when there was one."""
 
-    verdict: Verdict
+    verdict: GraphVerdict
     status: int | None = None
     body: dict[str, Any] | None = None
 

@@ -10,7 +10,7 @@ For tests, benchmarks and `make run`; nothing leaves the machine.
     standin.double_used_tokens()                # tokens Meta would have delivered twice (I4)
     await standin.stop()
 
-    python -m tests.graph_standin --port 8090 [--pages pages.json] [--rate 300]
+    python -m devtools.graph_standin --port 8090 [--pages pages.json] [--rate 300]
     GET /_standin/stats                         # counts, double uses, busiest second per page
 
 What it checks, like Meta: the page access token (`access_token` query/form/body or a Bearer
@@ -469,7 +469,7 @@ async def _serve(port: int, tokens: dict[str, str], rate: float | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.graph_standin", description=__doc__.splitlines()[0]
+        prog="python -m devtools.graph_standin", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--pages", help="pages file: only these page tokens are accepted")

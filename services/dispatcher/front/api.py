@@ -39,9 +39,11 @@ from schemas.codec import SchemaError, loads
 from schemas.decision import DecisionRecord, decision_to_wire
 from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
-from services.dispatcher.dispatchlog import Done, done_to_wire
-from services.dispatcher.feeds import OutcomeWatcher, TokenIndex
-from services.dispatcher.proxy import (
+from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
+from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from windowgate.client import DecisionWatcher
+from windowgate.core.rulebook import RuleBook
+from windowgate.meta.proxy import (
     ProxyAsk,
     ProxyError,
     check_extension_headers,
@@ -51,8 +53,6 @@ from services.dispatcher.proxy import (
     proxy_error,
     refusal,
 )
-from windowgate.client import DecisionWatcher
-from windowgate.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from schemas.codec import did_you_mean, to_wire
 from schemas.decision import Decision
 from schemas.types import Purpose
-from services.dispatcher.dispatchlog import Done
 
 
 class ProxyError(ValueError):
@@ -200,7 +199,30 @@ def proxy_error(error: ProxyError, trace: str) -> dict[str, Any]:
     )
 
 
-def forwarded(done: Done) -> tuple[int, dict[str, Any]]:
+class DeliveryResult(Protocol):
+    """What the proxy needs of a delivery's outcome (the dispatch log's `Done` record)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
+    @property
+    def error_code(self) -> int | None: ...
+    @property
+    def error_subcode(self) -> int | None: ...
+    @property
+    def graph_status(self) -> int | None: ...
+    @property
+    def graph_body(self) -> Any: ...
+
+
+def forwarded(done: DeliveryResult) -> tuple[int, dict[str, Any]]:
     """Meta's own answer to the forwarded call, as recorded in the dispatch log."""
     if done.graph_body is not None and done.graph_status is not None:
         return done.graph_status, done.graph_body

@@ -16,10 +16,10 @@ from schemas.decision import Alternative, Decision
 from schemas.request import SendRequest
 from schemas.state import OtnToken, PageState, RecurringToken, UserState
 from schemas.types import Mechanism, Platform, Reason
-from windowgate.pages import PageConfig
-from windowgate.rulebook import Lookup, RuleBook
-from windowgate.timeconst import DAY_MS, HOUR_MS, add_months
-from windowgate.timestamps import ms_to_iso
+from windowgate.core.pages import PageConfig
+from windowgate.core.rulebook import Lookup, RuleBook
+from windowgate.core.timeconst import DAY_MS, HOUR_MS, add_months
+from windowgate.core.timestamps import ms_to_iso
 
 
 @dataclass(frozen=True, slots=True)

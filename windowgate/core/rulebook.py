@@ -18,8 +18,8 @@ import orjson
 
 from schemas.codec import SchemaError
 from schemas.types import PLATFORMS, Platform, RefusedReason
-from windowgate.pages import PageConfig
-from windowgate.timestamps import ms_to_iso, parse_iso_ms
+from windowgate.core.pages import PageConfig
+from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
 
 RULE_KINDS = (
     "window",
@@ -428,11 +428,11 @@ def load_rules(
     """The packaged rules (or `path`), with the pages' settings applied."""
     try:
         if path is None:
-            raw = resources.files("windowgate").joinpath("rules/meta.json").read_bytes()
+            raw = resources.files("windowgate.core").joinpath("rules/meta.json").read_bytes()
         else:
             raw = Path(path).read_bytes()
     except OSError as exc:
-        where = path or "windowgate/rules/meta.json"
+        where = path or "windowgate/core/rules/meta.json"
         raise RulesError("", f"cannot read rules file {where}: {exc.strerror or exc}") from exc
     try:
         data = orjson.loads(raw)

@@ -10,40 +10,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
 
 from schemas.codec import SchemaError
 from schemas.events import OtnOptin, RecurringOptin, decode_event
-from services.dispatcher.dispatchlog import Done, decode_record
-from windowgate.client import Tail
+from services.dispatcher.delivery.dispatchlog import Done, decode_record
+from windowgate.client import AwaitingTail, Tail
 
 
-class OutcomeWatcher(Tail):
-    def __init__(self, bootstrap: str, topic: str, recent: int, backfill: int = 0) -> None:
-        super().__init__(bootstrap, [topic], backfill)
-        self.recent_size = recent
-        self._recent: OrderedDict[str, Done] = OrderedDict()
-        self._waiters: dict[str, list[asyncio.Future[Done]]] = {}
-
-    def expect(self, request_id: str) -> asyncio.Future[Done]:
-        future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(request_id, []).append(future)
-        future.add_done_callback(lambda f: self._forget(request_id, f))
-        return future
-
-    def _forget(self, request_id: str, future: asyncio.Future[Done]) -> None:
-        waiters = self._waiters.get(request_id)
-        if waiters and future in waiters:
-            waiters.remove(future)
-            if not waiters:
-                del self._waiters[request_id]
-
-    def recent(self, request_id: str) -> Done | None:
-        return self._recent.get(request_id)
+class OutcomeWatcher(AwaitingTail[Done]):
+    """Tails the dispatch log's `done` records: the delivery outcome of each request."""
 
     def on_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.value is None:
@@ -56,13 +34,7 @@ class OutcomeWatcher(Tail):
             self.remember(decoded)
 
     def remember(self, done: Done) -> None:
-        self._recent[done.request_id] = done
-        self._recent.move_to_end(done.request_id)
-        while len(self._recent) > self.recent_size:
-            self._recent.popitem(last=False)
-        for future in list(self._waiters.get(done.request_id, ())):
-            if not future.done():
-                future.set_result(done)
+        self.keep(done.request_id, done)
 
 
 @dataclass(frozen=True, slots=True)
