@@ -303,6 +303,23 @@ class PageRestricted(Event):
     error_subcode: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelAdded(Event):
+    """The page put `label` on the user: through the API, or a label rule of the pages file
+    (`source` says which; a rule's source is `rule:<payload>`)."""
+
+    KIND: ClassVar[str] = "label_added"
+    label: str
+    source: str = "api"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelRemoved(Event):
+    KIND: ClassVar[str] = "label_removed"
+    label: str
+    source: str = "api"
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     MessageReceived,
     PostbackReceived,
@@ -328,6 +345,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     WindowClosedByMeta,
     UserUnavailable,
     PageRestricted,
+    LabelAdded,
+    LabelRemoved,
 )
 EVENT_BY_KIND: dict[str, type[Event]] = {t.KIND: t for t in EVENT_TYPES}
 

@@ -104,6 +104,7 @@ class UserState:
         "otn": "o",
         "recurring": "r",
         "decisions": "d",
+        "labels": "lb",
     }
 
     page_id: str
@@ -121,6 +122,7 @@ class UserState:
     otn: tuple[OtnToken, ...] = ()
     recurring: tuple[RecurringToken, ...] = ()
     decisions: tuple[Decision, ...] = ()
+    labels: tuple[str, ...] = ()  # sorted, each once (segments: DESIGN.md §4.6)
 
     @property
     def key(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from schemas.decision import Decision
 from schemas.events import (
     Event,
+    LabelAdded,
+    LabelRemoved,
     MessageReceived,
     OtnOptin,
     PageRestricted,
@@ -115,6 +117,18 @@ def _on_window_closed(state: UserState, event: WindowClosedByMeta) -> UserState:
 
 def _on_unavailable(state: UserState, event: UserUnavailable) -> UserState:
     return replace(state, unavailable_at=_max(state.unavailable_at, event.timestamp))
+
+
+def _on_label_added(state: UserState, event: LabelAdded) -> UserState:
+    if event.label in state.labels:
+        return state
+    return replace(state, labels=tuple(sorted((*state.labels, event.label))))
+
+
+def _on_label_removed(state: UserState, event: LabelRemoved) -> UserState:
+    if event.label not in state.labels:
+        return state
+    return replace(state, labels=tuple(label for label in state.labels if label != event.label))
 
 
 # ---- OTN tokens --------------------------------------------------------------------------------
@@ -335,6 +349,8 @@ _USER_HANDLERS: dict[type[Event], _UserHandler] = {
     TokenOutcomeUnknown: _on_token_unknown,
     TokenReleased: _on_token_released,
     TokenOptedOut: _on_token_opted_out,
+    LabelAdded: _on_label_added,
+    LabelRemoved: _on_label_removed,
 }
 
 
