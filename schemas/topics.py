@@ -26,5 +26,15 @@ class Topics:
         return f"{self.prefix}dead-letter"
 
     @property
+    def broadcast_commands(self) -> str:
+        """Co-partitioned with the keyed topics: each command is written to every partition."""
+        return f"{self.prefix}broadcast-commands"
+
+    @property
+    def broadcasts(self) -> str:
+        """Compacted: each window partition's progress on each broadcast (`BroadcastProgress`)."""
+        return f"{self.prefix}broadcasts"
+
+    @property
     def keyed(self) -> tuple[str, ...]:
         return (self.events, self.send_requests, self.decisions)
