@@ -67,7 +67,7 @@ run: install
 
 ## Offline: fold Meta's fixture webhooks and print decisions at chosen instants (no services).
 demo: install
-	$(PY) -m devtools.demo --no-broker
+	$(PY) -m devtools.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -2,17 +2,15 @@
 
 Offline and instant: replays every webhook fixture through the fold the window worker runs and
 decides a handful of requests at chosen instants, as the worker does. `make run` runs the real
-services (python -m devtools.local_run). Without --no-broker it also starts the dev broker.
+services (python -m devtools.local_run); this needs no broker.
 
-    python -m devtools.demo [--no-broker] [--broker-timeout SECONDS]
+    python -m devtools.demo
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +30,6 @@ from windowgate.offline import OfflineGateway
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR_ENV = "WINDOWGATE_SHARED_DIR"
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 PAGE = "682498171943165"
 USER = "1254459154682919"
@@ -46,49 +43,6 @@ T11 = 1700500000000  # fixture 11: the user stops the recurring notifications
 
 def _say(message: str = "") -> None:
     print(message, flush=True)
-
-
-# ---- the broker ---------------------------------------------------------------------------------
-
-
-def ensure_broker(timeout_s: float) -> str:
-    """A one-line status: the broker answering, started, or why the demo carries on without it."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    bootstrap = configured or DEFAULT_BOOTSTRAP
-    try:
-        from devtools.devbroker import probe
-
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-        if probe(bootstrap, timeout_s=3.0):
-            return f"Kafka answers at {bootstrap}"
-    except Exception as exc:  # the probe is a courtesy: never let it stop the demo
-        return f"could not probe Kafka at {bootstrap} ({type(exc).__name__}: {exc}); carrying on"
-    if configured:
-        return f"KAFKA_BOOTSTRAP_SERVERS={configured} does not answer; carrying on without it"
-    _say(f"No Kafka at {bootstrap}: starting the dev broker, up to {timeout_s:.0f} s ...")
-    command = [sys.executable, "-m", "devtools.devbroker", "start"]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return (
-            f"the dev broker did not answer within {timeout_s:.0f} s; carrying on without it "
-            "(see `python -m devtools.devbroker status`, stop it with `make broker-stop`)"
-        )
-    except OSError as exc:
-        return f"could not run the dev broker ({exc}); carrying on without it"
-    if done.returncode != 0:
-        return f"the dev broker failed to start (exit {done.returncode}, see above); carrying on"
-    answer = done.stdout.strip().splitlines()
-    return (
-        f"dev broker ready at {answer[-1] if answer else bootstrap} (stop it with make broker-stop)"
-    )
 
 
 # ---- the timeline -------------------------------------------------------------------------------
@@ -239,26 +193,15 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devtools.demo",
-        description="windowgate's demo (make run): the policy core on Meta's webhook fixtures.",
+        description="windowgate's demo (make demo): the policy core on Meta's webhook fixtures.",
     )
-    parser.add_argument("--no-broker", action="store_true", help="do not start or probe Kafka")
-    parser.add_argument(
-        "--broker-timeout",
-        type=float,
-        default=240.0,
-        metavar="SECONDS",
-        help="how long to wait for the dev broker (the first start fetches jars; default 240)",
-    )
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)
 
     _say("windowgate demo")
     _say(
         "This runs the services' shared core offline: Meta's webhook fixtures are folded into\n"
         "per-user state and requests are decided against it (make run runs the services).\n"
     )
-    if not args.no_broker:
-        _say(f"Broker: {ensure_broker(args.broker_timeout)}\n")
-
     folder = fixtures_dir()
     if folder is None:
         _say(

@@ -34,7 +34,6 @@ class Event:
     """Fields every event shares. Subclasses set KIND, the wire discriminator."""
 
     KIND: ClassVar[str] = ""
-    OPENS_WINDOW: ClassVar[bool] = False
 
     page_id: str
     user_id: str
@@ -70,7 +69,6 @@ class Referral:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived(Event):
     KIND: ClassVar[str] = "message"
-    OPENS_WINDOW: ClassVar[bool] = True
     mid: str
     text: str | None = None
     quick_reply_payload: str | None = None
@@ -84,7 +82,6 @@ class MessageReceived(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostbackReceived(Event):
     KIND: ClassVar[str] = "postback"
-    OPENS_WINDOW: ClassVar[bool] = True
     payload: str | None = None
     title: str | None = None
     mid: str | None = None
@@ -109,7 +106,6 @@ class ReferralReceived(Event):
     """An m.me / ig.me link or an ad that led the user into the thread."""
 
     KIND: ClassVar[str] = "referral"
-    OPENS_WINDOW: ClassVar[bool] = True
     referral: Referral
     standby: bool = False
 
@@ -119,7 +115,6 @@ class PluginOptin(Event):
     """Checkbox / send-to-Messenger plugin opt-in; `user_id` may be the `user_ref`."""
 
     KIND: ClassVar[str] = "plugin_optin"
-    OPENS_WINDOW: ClassVar[bool] = True
     ref: str | None = None
     user_ref: str | None = None
 
@@ -235,11 +230,6 @@ class TokenEvent(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TokenReserved(TokenEvent):
-    KIND: ClassVar[str] = "token_reserved"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class TokenSpent(TokenEvent):
     KIND: ClassVar[str] = "token_spent"
 
@@ -336,7 +326,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PolicyEnforcement,
     ThreadControl,
     RequestDecided,
-    TokenReserved,
     TokenSpent,
     TokenReleased,
     TokenOutcomeUnknown,

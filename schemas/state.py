@@ -117,8 +117,6 @@ class UserState:
     unavailable_at: int | None = None
     primary_at: int | None = None
     standby_at: int | None = None
-    thread_owner_app_id: str | None = None
-    thread_owner_at: int | None = None
     otn: tuple[OtnToken, ...] = ()
     recurring: tuple[RecurringToken, ...] = ()
     decisions: tuple[Decision, ...] = ()

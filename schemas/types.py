@@ -14,6 +14,8 @@ Purpose = Literal[
 Mechanism = Literal[
     "RESPONSE", "UPDATE", "HUMAN_AGENT", "MESSAGE_TAG", "OTN", "RECURRING", "MARKETING", "UTILITY"
 ]
+TOKEN_MECHANISMS: frozenset[Mechanism] = frozenset({"OTN", "RECURRING", "MARKETING"})
+"""The mechanisms that spend a token: a decision by one of them carries the token it reserved."""
 
 # Every reason code of DESIGN.md §4.5, plus the ones windowgate added (marked). A code keeps its
 # meaning forever: add a new one rather than reuse.

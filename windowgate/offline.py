@@ -24,15 +24,15 @@ from schemas.decision import Decision
 from schemas.events import Event, TokenSpent, event_key
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
+from schemas.types import TOKEN_MECHANISMS
 from windowgate.core.fold import fold, fold_page, is_page_event
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.transition import apply_event as fold_user
 from windowgate.core.transition import decide_request
 from windowgate.meta.normalise import Unsupported, normalise
 
-__all__ = ["TOKEN_MECHANISMS", "Applied", "OfflineGateway"]
+__all__ = ["Applied", "OfflineGateway"]
 
-TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
 """Mechanisms whose allowed decision uses (and offline: spends) a token."""
 
 

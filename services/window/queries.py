@@ -86,7 +86,8 @@ def reach_view(
     """Page totals from per-partition counts; says which partitions are missing, if any.
 
     A restricted page reaches nobody (every send is refused first for the block), so its
-    `reachable_now` is all zeros; its users' own reach is still shown as `reachable_if_unblocked`.
+    `reachable_now` and `message_tags` are empty (`{}`); its users' own reach is still shown as
+    `reachable_if_unblocked`.
     """
     totals = combine(partials.values())
     users = _by(totals, "users")

@@ -185,7 +185,7 @@ def test_the_demo_timeline_tells_the_truth(capsys: pytest.CaptureFixture[str]) -
     """`make run` (without the broker): every row's answer is the core's, in time order."""
     from devtools import demo
 
-    assert demo.main(["--no-broker"]) == 0
+    assert demo.main([]) == 0
     rows = {}
     for line in capsys.readouterr().out.splitlines():
         cells = line.split()

@@ -143,7 +143,7 @@ def window_verdict(ctx: Context, mechanism: Mechanism = "RESPONSE") -> Verdict:
 
 
 def human_agent_verdict(ctx: Context, human_author: str | None) -> Verdict:
-    """R-TAG-HA: a named human, a permitted page, within 7 days of the user's last message."""
+    """R-TAG-HA: a named human, a permitted page, within the rule's days of the last message."""
     found = ctx.lookup("human_agent")
     if found.rule is None:
         return _from_lookup(found, "HUMAN_AGENT")
@@ -171,7 +171,11 @@ def human_agent_verdict(ctx: Context, human_author: str | None) -> Verdict:
             f"the user's last message was at {_at(last)}; HUMAN_AGENT closed at {_at(until)}",
             "HUMAN_AGENT",
         )
-    detail = f"human reply by {human_author} within 7 days of the user's last message ({_at(last)})"
+    days = found.rule.int_param("days")
+    detail = (
+        f"human reply by {human_author} within {days} days of the user's last message "
+        f"({_at(last)}), until {_at(until)}"
+    )
     return Verdict(
         True, "human_agent_window", detail, "HUMAN_AGENT", found.rule.id, until, "HUMAN_AGENT"
     )
@@ -205,7 +209,8 @@ def otn_verdict(ctx: Context, topic: str | None) -> Verdict:
             True, "otn_token", detail, "OTN", found.rule.id, until, None, usable.token, topic
         )
     if expired:
-        return _refuse("token_expired", f"every token for {topic!r} is over a year old", "OTN")
+        days = found.rule.int_param("token_days")
+        return _refuse("token_expired", f"every token for {topic!r} is over {days} days old", "OTN")
     if spent:
         return _refuse("token_spent", f"every token for {topic!r} has been used", "OTN")
     return _refuse("no_token_for_topic", f"the user has no one-time token for {topic!r}", "OTN")

@@ -17,6 +17,10 @@ from schemas.events import (
     Event,
     LabelAdded,
     LabelRemoved,
+    MessageDelivered,
+    MessageEcho,
+    MessageEdited,
+    MessageRead,
     MessageReceived,
     OtnOptin,
     PageRestricted,
@@ -28,22 +32,22 @@ from schemas.events import (
     RecurringStatus,
     ReferralReceived,
     RequestDecided,
+    SendOutcome,
     ThreadControl,
     TokenOptedOut,
     TokenOutcomeUnknown,
     TokenReleased,
-    TokenReserved,
     TokenSpent,
     UserUnavailable,
     WindowClosedByMeta,
 )
 from schemas.state import OtnToken, PageState, RecurringToken, TokenStatus, UserState
+from schemas.types import TOKEN_MECHANISMS
 
 # How many past decisions a user's state remembers for duplicate request_ids (I3). Older duplicates
 # are decided afresh; tokens stay safe regardless, because a spent token is never granted again.
 REMEMBERED_DECISIONS = 32
 
-_TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
 # Forward-only order of an OTN token's life-cycle; a later rank never goes back (except release).
 _STATUS_RANK: dict[TokenStatus, int] = {"available": 0, "reserved": 1, "unknown": 2, "spent": 3}
 
@@ -287,13 +291,9 @@ def _reserve(state: UserState, token: str, request_id: str, at: int) -> UserStat
 def _on_request_decided(state: UserState, event: RequestDecided) -> UserState:
     decision = event.decision
     state = replace(state, decisions=_remember(state.decisions, decision))
-    if decision.allowed and decision.token and decision.mechanism in _TOKEN_MECHANISMS:
+    if decision.allowed and decision.token and decision.mechanism in TOKEN_MECHANISMS:
         state = _reserve(state, decision.token, decision.request_id, decision.decided_at)
     return state
-
-
-def _on_token_reserved(state: UserState, event: TokenReserved) -> UserState:
-    return _reserve(state, event.token, event.request_id, event.timestamp)
 
 
 def _on_token_spent(state: UserState, event: TokenSpent) -> UserState:
@@ -344,7 +344,6 @@ _USER_HANDLERS: dict[type[Event], _UserHandler] = {
     RecurringOptin: _on_recurring_optin,
     RecurringStatus: _on_recurring_status,
     RequestDecided: _on_request_decided,
-    TokenReserved: _on_token_reserved,
     TokenSpent: _on_token_spent,
     TokenOutcomeUnknown: _on_token_unknown,
     TokenReleased: _on_token_released,
@@ -352,6 +351,18 @@ _USER_HANDLERS: dict[type[Event], _UserHandler] = {
     LabelAdded: _on_label_added,
     LabelRemoved: _on_label_removed,
 }
+
+
+INERT_EVENTS: dict[type[Event], str] = {
+    MessageEdited: "an edit is not an opener (R-WIN-3) and moves no token",
+    MessageRead: "a read receipt is not an opener (R-WIN-3)",
+    MessageDelivered: "a delivery receipt is not an opener (R-WIN-3)",
+    MessageEcho: "the page's own message is not an opener (R-WIN-3)",
+    SendOutcome: "the token's fate travels in its own Token* event; the outcome is for reporting",
+}
+"""Event kinds the fold knows and deliberately ignores, each with why. Every kind of
+`schemas.events.EVENT_TYPES` is folded (user or page) or listed here; a test holds that, so a new
+event type cannot silently do nothing."""
 
 
 def fold(state: UserState, event: Event) -> UserState:

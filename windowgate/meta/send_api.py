@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.decision import DecisionRecord
+from schemas.types import TOKEN_MECHANISMS
 from windowgate.core.pages import PageConfig
 
 RateClass = Literal["text", "media"]
@@ -79,7 +80,7 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
     decision = record.decision
     mechanism = decision.mechanism
     messages_path = f"/{version}/{decision.page_id}/messages"
-    if mechanism in ("OTN", "RECURRING", "MARKETING") and not decision.token:
+    if mechanism in TOKEN_MECHANISMS and not decision.token:
         raise CannotSend(f"a {mechanism} decision without its token")
     if mechanism == "MARKETING":
         if not page.ad_account_id:
