@@ -197,3 +197,42 @@ def test_rules_in_force_change_on_the_retirement_day() -> None:
         ("R-TAG-RETIRED", "CONFIRMED_EVENT_UPDATE"),
         ("R-TAG-RETIRED", "POST_PURCHASE_UPDATE"),
     }
+
+
+def _two(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    base = {"kind": "recurring", "platforms": ["messenger"], "effective_from": "2026-01-01"}
+    return {
+        "version": "x",
+        "region_groups": {"EU": ["FR", "DE"]},
+        "rules": [{"id": "A", **base, **a}, {"id": "B", **base, **b}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"regions": ["FR"]}, {"regions": ["EU"]}),  # a group covers the listed code
+        ({}, {"regions": ["DE"]}),  # everywhere meets any listed region
+        ({"excluded_regions": ["EU"]}, {"excluded_regions": ["FR"]}),  # both cover the rest
+        ({"regions": ["EU"], "excluded_regions": ["FR"]}, {"regions": ["DE", "FR"]}),  # DE
+    ],
+)
+def test_versions_in_force_together_in_a_shared_region_are_refused(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    with pytest.raises(RulesError, match="A and B overlap"):
+        parse_rules(_two(a, b))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"regions": ["FR"]}, {"regions": ["DE"]}),
+        ({"excluded_regions": ["EU"]}, {"regions": ["EU"]}),
+        ({"regions": ["EU"]}, {"excluded_regions": ["EU"]}),
+        ({"effective_until": "2026-02-01"}, {"effective_from": "2026-02-01"}),
+    ],
+)
+def test_versions_apart_in_region_or_time_load(a: dict[str, Any], b: dict[str, Any]) -> None:
+    book = parse_rules(_two(a, b))
+    assert {r.id for r in book.rules} == {"A", "B"}

@@ -225,27 +225,31 @@ def _region_in(region: str, wanted: frozenset[str], groups: Mapping[str, frozens
     return region in wanted or any(region in groups.get(name, ()) for name in wanted)
 
 
+RuleSlot = tuple[tuple[str, str | None, str, str], int]
+
+
+@dataclass
+class _Memo:
+    """Answers `RuleBook` already worked out: per page, the rule index; per (kind, tag, platform,
+    page) and interval between rule dates, the lookup. Filled on first use; never changes one."""
+
+    index: dict[str, dict[tuple[str, str | None], tuple[Rule, ...]]] = field(default_factory=dict)
+    bounds: dict[tuple[str, str | None, str, str], list[int]] = field(default_factory=dict)
+    lookups: dict[RuleSlot, Lookup] = field(default_factory=dict)
+    tags: dict[RuleSlot, tuple[Rule, ...]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class RuleBook:
-    """All rule versions plus the pages' settings; immutable, so `decide` stays pure."""
+    """All rule versions plus the pages' settings, fixed at construction: every answer is a
+    function of them and the instant asked about, so `decide` stays pure. `memo` only remembers
+    answers already computed (decide asks the same few questions for every request)."""
 
     version: str
     rules: tuple[Rule, ...]
     region_groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     pages: Mapping[str, PageConfig] = field(default_factory=dict)
-    # Per-page rule indexes, built on first use; a cache, not state: it never changes an answer.
-    index_cache: dict[str, dict[tuple[str, str | None], tuple[Rule, ...]]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    bounds_cache: dict[tuple[str, str | None, str, str], list[int]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    lookup_cache: dict[tuple[tuple[str, str | None, str, str], int], Lookup] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    tags_cache: dict[tuple[tuple[str, str | None, str, str], int], tuple[Rule, ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    memo: _Memo = field(default_factory=_Memo, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for page in self.pages.values():
@@ -270,17 +274,17 @@ class RuleBook:
         """
         page_key = page_id if page_id in self.pages else ""
         key = (kind, tag, platform, page_key)
-        bounds = self.bounds_cache.get(key)
+        bounds = self.memo.bounds.get(key)
         if bounds is None:
             versions = self._page_rules(page_id).get((kind, tag), ())
             dates = {
                 d for r in versions for d in (r.effective_from, r.effective_until) if d is not None
             }
-            bounds = self.bounds_cache[key] = sorted(dates)
+            bounds = self.memo.bounds[key] = sorted(dates)
         slot = (key, bisect_right(bounds, at))
-        found = self.lookup_cache.get(slot)
+        found = self.memo.lookups.get(slot)
         if found is None:
-            found = self.lookup_cache[slot] = self._lookup(kind, platform, page_id, at, tag)
+            found = self.memo.lookups[slot] = self._lookup(kind, platform, page_id, at, tag)
         return found
 
     def _lookup(
@@ -338,7 +342,7 @@ class RuleBook:
         key = ("message_tag", None, platform, page_id if page_id in self.pages else "")
         index = self._page_rules(page_id)
         tags = [tag for kind, tag in index if kind == "message_tag" and tag is not None]
-        bounds = self.bounds_cache.get(key)
+        bounds = self.memo.bounds.get(key)
         if bounds is None:
             dates = {
                 d
@@ -347,12 +351,12 @@ class RuleBook:
                 for d in (r.effective_from, r.effective_until)
                 if d is not None
             }
-            bounds = self.bounds_cache[key] = sorted(dates)
+            bounds = self.memo.bounds[key] = sorted(dates)
         slot = (key, bisect_right(bounds, at))
-        found = self.tags_cache.get(slot)
+        found = self.memo.tags.get(slot)
         if found is None:
             hits = (self.lookup("message_tag", platform, page_id, at, tag).rule for tag in tags)
-            found = self.tags_cache[slot] = tuple(rule for rule in hits if rule is not None)
+            found = self.memo.tags[slot] = tuple(rule for rule in hits if rule is not None)
         return found
 
     def in_force_at(self, at: int) -> list[Rule]:
@@ -364,7 +368,7 @@ def _index(book: RuleBook, page_id: str) -> dict[tuple[str, str | None], tuple[R
     page = book.pages.get(page_id)
     overrides = page.rule_overrides if page else {}
     cache_key = page_id if overrides else ""
-    index = book.index_cache.get(cache_key)
+    index = book.memo.index.get(cache_key)
     if index is None:
         known = {r.id for r in book.rules}
         for rule_id in overrides:
@@ -377,7 +381,7 @@ def _index(book: RuleBook, page_id: str) -> dict[tuple[str, str | None], tuple[R
                 rule = _apply_override(rule, override, f"pages.{page_id}.rules.{rule.id}")
             grouped.setdefault((rule.kind, rule.tag), []).append(rule)
         index = {k: tuple(v) for k, v in grouped.items()}
-        book.index_cache[cache_key] = index
+        book.memo.index[cache_key] = index
     return index
 
 
@@ -400,24 +404,43 @@ def parse_rules(data: Any, pages: Mapping[str, PageConfig] | None = None) -> Rul
         name: _str_set(codes, f"region_groups.{name}") or frozenset()
         for name, codes in groups_raw.items()
     }
-    _check_no_overlap(rules)
+    _check_no_overlap(rules, groups)
     return RuleBook(version=version, rules=tuple(rules), region_groups=groups, pages=pages or {})
 
 
-def _check_no_overlap(rules: Iterable[Rule]) -> None:
+def _expand(names: frozenset[str], groups: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """The region codes a rule's list names: each code itself, and a group's members."""
+    return frozenset(names).union(*(groups.get(name, frozenset()) for name in names))
+
+
+def _regions_meet(a: Rule, b: Rule, groups: Mapping[str, frozenset[str]]) -> bool:
+    """Could one region be in force for both? `regions` None means every region (there is always
+    one neither rule excludes), and `excluded_regions` takes codes away from either."""
+    excluded = _expand(a.excluded_regions or frozenset(), groups) | _expand(
+        b.excluded_regions or frozenset(), groups
+    )
+    if a.regions is None and b.regions is None:
+        return True
+    if a.regions is None or b.regions is None:
+        listed = a.regions if a.regions is not None else b.regions
+        return bool(_expand(listed or frozenset(), groups) - excluded)
+    return bool((_expand(a.regions, groups) & _expand(b.regions, groups)) - excluded)
+
+
+def _check_no_overlap(rules: Iterable[Rule], groups: Mapping[str, frozenset[str]]) -> None:
     """Two versions of one (kind, tag, platform) in force at once in one region: a data bug."""
     seen: dict[tuple[str, str | None, str], list[Rule]] = {}
     for rule in rules:
         for platform in rule.platforms:
             for other in seen.get((rule.kind, rule.tag, platform), []):
-                same_regions = other.regions == rule.regions
                 starts = max(rule.effective_from or 0, other.effective_from or 0)
                 ends = min(rule.effective_until or 2**62, other.effective_until or 2**62)
-                if same_regions and starts < ends:
+                if starts < ends and _regions_meet(rule, other, groups):
                     raise RulesError(
                         "rules",
                         f"{other.id} and {rule.id} overlap for {rule.kind} {rule.tag or ''} "
-                        f"on {platform}",
+                        f"on {platform}: both in force from {ms_to_iso(starts)} in a region "
+                        "both cover",
                     )
             seen.setdefault((rule.kind, rule.tag, platform), []).append(rule)
 
