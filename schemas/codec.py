@@ -304,13 +304,3 @@ def loads(raw: bytes | str, what: str = "body") -> Any:
 
 def dumps(data: Any) -> bytes:
     return orjson.dumps(data)
-
-
-def check_literal(value: str, allowed: tuple[str, ...], field: str) -> None:
-    if value not in allowed:
-        raise SchemaError(field, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-
-def literal_values(tp: Any) -> tuple[str, ...]:
-    """The strings of a Literal alias, so the allowed values are declared once."""
-    return typing.cast(tuple[str, ...], get_args(tp))

@@ -4,10 +4,10 @@
     windowgate rules [--at DATE] [--json]
     windowgate rules diff FROM TO [--json]
 
-`decide` is the offline gateway: no broker, no services, the same pure core they use. This module
-is the only place that reads the clock (`--now` defaults to the wall clock) and the only one that
-prints. Malformed input exits 2 with one message naming the file, the line and the field; refused
-decisions are answers, not errors (exit 0).
+`decide` is the offline gateway: no broker, no services, the same pure core they use. Here, at the
+edge, the wall clock is read (the default of `--now` and `--at`) and handed to the core, which
+never reads it. Malformed input exits 2 with one message naming the file, the line and the field;
+refused decisions are answers, not errors (exit 0).
 """
 
 from __future__ import annotations
