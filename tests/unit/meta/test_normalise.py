@@ -336,9 +336,9 @@ def test_fixture_specifics() -> None:
     assert delivery.timestamp == 1458668856500  # the entry's time
 
 
-# ---- shapes from other projects' test suites (tests/fixtures/webhooks/) --------------------------
+# ---- shapes from other projects' test suites (webhooks/ beside this file) ------------------------
 
-LOCAL_WEBHOOKS = fixtures_path.REPO_ROOT / "tests" / "fixtures" / "webhooks"
+LOCAL_WEBHOOKS = Path(__file__).parent / "webhooks"
 LOCAL_EXPECTED: dict[str, tuple[Event, ...] | str] = {
     # Instagram's messaging_seen: a read of that mid at the element's time.
     "instagram-read-mid-only.json": (
