@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -375,3 +376,27 @@ class HttpGateway:
             if polled is not None:
                 reply = polled
         return reply
+
+    async def add_label(self, page_id: str, user_id: str, label: str) -> dict[str, Any]:
+        """`PUT /v1/pages/{page_id}/users/{user_id}/labels/{label}`: the answer once the label
+        event is in the log (the window folds it; the user query shows it then)."""
+        return await self._label("PUT", page_id, user_id, label)
+
+    async def remove_label(self, page_id: str, user_id: str, label: str) -> dict[str, Any]:
+        """`DELETE` of the same path: removing a label the user does not have changes nothing."""
+        return await self._label("DELETE", page_id, user_id, label)
+
+    async def _label(self, method: str, page_id: str, user_id: str, label: str) -> dict[str, Any]:
+        page, user, name = (quote(part, safe="") for part in (page_id, user_id, label))
+        url = f"{self.base_url}/v1/pages/{page}/users/{user}/labels/{name}"
+        try:
+            async with self._http().request(method, url, headers=self.headers) as response:
+                body = await response.json(content_type=None)
+        except aiohttp.ClientError as exc:
+            raise GatewayError(f"cannot reach windowgate at {self.base_url}: {exc}") from exc
+        if response.status != 200 or not isinstance(body, dict):
+            detail = body.get("detail") if isinstance(body, dict) else body
+            field = body.get("field") if isinstance(body, dict) else None
+            named = f" ({field})" if field else ""
+            raise GatewayError(f"windowgate answered HTTP {response.status}{named}: {detail}")
+        return body

@@ -27,8 +27,7 @@ from schemas.state import PageState, UserState
 from schemas.types import TOKEN_MECHANISMS
 from windowgate.core.fold import fold, fold_page, is_page_event
 from windowgate.core.rulebook import RuleBook
-from windowgate.core.transition import apply_event as fold_user
-from windowgate.core.transition import decide_request
+from windowgate.core.transition import apply_event_with_rules, decide_request
 from windowgate.meta.normalise import Unsupported, normalise
 
 __all__ = ["Applied", "OfflineGateway"]
@@ -60,7 +59,10 @@ class OfflineGateway:
             page = self.pages.get(event.page_id) or PageState(page_id=event.page_id)
             self.pages[event.page_id] = fold_page(page, event)
             return
-        self.users[event.key] = fold_user(self.users.get(event.key), event)
+        # the pages' label rules apply here as in the window worker (derived labels folded too)
+        self.users[event.key] = apply_event_with_rules(
+            self.users.get(event.key), event, self.rules
+        ).state
 
     def apply_events(self, events: Iterable[Event]) -> None:
         for event in events:

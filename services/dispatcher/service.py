@@ -15,6 +15,7 @@ from typing import Self
 
 from aiohttp import web
 
+from schemas.events import encode_event
 from schemas.request import SendRequest, encode_request
 from schemas.topics import Topics
 from services.common.kafka import durable_producer
@@ -28,6 +29,7 @@ from services.dispatcher.delivery.ratelimit import PageRateLimiter
 from services.dispatcher.delivery.worker import Deps
 from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from services.dispatcher.front.labels import LabelEvent
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.timeconst import HOUR_MS
@@ -106,6 +108,11 @@ class DispatcherService:
                 requests_topic, encode_request(request), key=request.key.encode()
             )
 
+        events_topic = self.topics.events
+
+        async def publish_event(event: LabelEvent) -> None:
+            await producer.send_and_wait(events_topic, encode_event(event), key=event.key.encode())
+
         dispatcher = self.dispatcher
         self.api = DispatcherApi(
             rules=self.rules,
@@ -118,6 +125,7 @@ class DispatcherService:
             wait_s=config.wait_s,
             outcome_wait_s=config.outcome_wait_s,
             ready=(lambda: dispatcher.ready()) if dispatcher is not None else (lambda: True),
+            publish_event=publish_event,
         )
         runner = web.AppRunner(self.api.app(), access_log=None)
         await runner.setup()

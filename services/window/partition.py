@@ -205,7 +205,7 @@ class WindowPartition:
                 )
             else:
                 result = process_event_record(
-                    tables, record.key, record.value, source, now, shared.partitions
+                    tables, record.key, record.value, source, now, shared.partitions, shared.rules
                 )
             batch.results.append(result)
             outputs.extend(self._outgoing(o) for o in result.outputs)

@@ -8,6 +8,12 @@ user (I1).
 
 Outputs are returned, not produced: the caller hands them to its producer.
 
+Label rules (the pages file's `label_rules`): the worker's event step derives `LabelAdded` /
+`LabelRemoved` events from a postback or quick-reply payload, folds them at once and outputs them
+to the events topic in the batch's transaction, as it does `RequestDecided`. The replay passes no
+rules: it folds those events where they stand in the log, so the labels it rebuilds come from the
+log alone, and the worker, reading its own events back, finds them already folded.
+
 Request steps (the single writer also decides):
 
 - a new request is decided against the user's state and the page's state, the decision is folded
@@ -41,7 +47,7 @@ from services.window.store import NO_OFFSET, StoredUser, Tables
 from windowgate.core.fold import empty_state, fold_page, is_page_event
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.transition import apply_event as fold_user
-from windowgate.core.transition import decide_request, decided_event
+from windowgate.core.transition import apply_event_with_rules, decide_request, decided_event
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +152,34 @@ def apply_event(tables: Tables, event: Event) -> UserState | None:
     """Fold one event into its user's (or its page's) stored state: the worker's and the replay's
     only fold step. Returns the user's new state when it changed; an event that changes nothing
     writes nothing (no changelog record for reads and deliveries)."""
+    return _apply_event(tables, event, None)[0]
+
+
+def _apply_event(
+    tables: Tables, event: Event, rules: RuleBook | None
+) -> tuple[UserState | None, tuple[Event, ...]]:
+    """`apply_event`, plus (with `rules`) the label events the page's label rules derive from
+    the user's action, folded in too and returned for the events topic."""
     key = event.key.encode()
     if is_page_event(event):
         page = tables.get_page(key) or PageState(page_id=event.page_id)
         folded_page = fold_page(page, event)
         if folded_page != page:
             tables.put_page(key, folded_page)
-        return None
+        return None, ()
     stored = tables.get_user(key)
     state = stored.state if stored is not None else empty_state(event)
-    folded = fold_user(state, event)
+    derived: tuple[Event, ...] = ()
+    if rules is None:
+        folded = fold_user(state, event)
+    else:
+        applied = apply_event_with_rules(state, event, rules)
+        folded, derived = applied.state, applied.derived
     if folded is state or folded == state:
-        return None
+        return None, derived
     offset = stored.request_offset if stored is not None else NO_OFFSET
     tables.put_user(key, StoredUser(folded, offset))
-    return folded
+    return folded, derived
 
 
 def process_event_record(
@@ -170,20 +189,26 @@ def process_event_record(
     source: Source,
     now: int,
     partitions: int = 0,
+    rules: RuleBook | None = None,
 ) -> Result:
     """One record of `<prefix>events`: decode, check its placement, fold. `partitions` (the topic's
-    partition count) enables the placement check; 0 skips it."""
+    partition count) enables the placement check; 0 skips it. With `rules` (the worker), the
+    pages' label rules add label events, folded now and output to the events topic in the same
+    transaction; without (the replay), those events are folded where they are in the log."""
 
     def step() -> Result:
         if value is None:
             raise BadRecord("record has no value")
         event = decode_event(value)
-        _check_placement(key, event.key, source, partitions)
+        user_key = _check_placement(key, event.key, source, partitions)
         if is_page_event(event):
             apply_event(tables, event)
             return Result("page")
-        changed = apply_event(tables, event)
-        return Result("unchanged") if changed is None else Result("folded", changed=changed)
+        changed, derived = _apply_event(tables, event, rules)
+        outputs = tuple(Output("events", user_key, encode_event(e)) for e in derived)
+        if changed is None:
+            return Result("unchanged", outputs)
+        return Result("folded", outputs, changed=changed)
 
     return _guarded(step, key, value, source, now)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 
 from schemas.codec import SchemaError
+from windowgate.core.labels import LABEL_TRIGGERS, LabelRule, label_problem
 
 
 class PagesError(SchemaError):
@@ -26,9 +28,12 @@ class PageConfig:
     region: str | None = None
     ad_account_id: str | None = None
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    label_rules: tuple[LabelRule, ...] = ()
 
 
-_KNOWN_KEYS = frozenset({"access_token", "human_agent", "region", "ad_account_id", "rules"})
+_KNOWN_KEYS = frozenset(
+    {"access_token", "human_agent", "region", "ad_account_id", "rules", "label_rules"}
+)
 
 
 def _opt_str(entry: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -67,8 +72,50 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
             region=region.upper() if region else None,
             ad_account_id=_opt_str(entry, "ad_account_id", where),
             rule_overrides=overrides,
+            label_rules=parse_label_rules(entry.get("label_rules", []), f"{where}.label_rules"),
         )
     return pages
+
+
+_RULE_KEYS = frozenset({"when", "prefix", "regex", "label", "remove"})
+
+
+def parse_label_rules(data: Any, where: str) -> tuple[LabelRule, ...]:
+    """A page's `label_rules`, checked now (a bad regex names its page and index) so a mistake
+    stops the service at start, not at the first tap of a button."""
+    if not isinstance(data, list):
+        raise PagesError(where, 'expected a list of {"when", "prefix" | "regex", "label"}')
+    return tuple(_label_rule(rule, f"{where}[{index}]") for index, rule in enumerate(data))
+
+
+def _label_rule(rule: Any, where: str) -> LabelRule:
+    if not isinstance(rule, dict):
+        raise PagesError(where, "expected an object")
+    unknown = set(rule) - _RULE_KEYS
+    if unknown:
+        raise PagesError(where, f"unknown keys {sorted(unknown)}; known: {sorted(_RULE_KEYS)}")
+    problem = label_problem(rule.get("label"))
+    if problem is not None:
+        raise PagesError(f"{where}.label", problem)
+    when = rule.get("when", "any")
+    if when not in LABEL_TRIGGERS:
+        raise PagesError(f"{where}.when", f"expected one of {list(LABEL_TRIGGERS)}, got {when!r}")
+    remove = rule.get("remove", False)
+    if not isinstance(remove, bool):
+        raise PagesError(f"{where}.remove", "expected true or false")
+    if ("prefix" in rule) == ("regex" in rule):
+        raise PagesError(where, 'expected exactly one of "prefix" and "regex"')
+    prefix = _opt_str(rule, "prefix", where)
+    source = _opt_str(rule, "regex", where)
+    pattern: re.Pattern[str] | None = None
+    if source is not None:
+        try:
+            pattern = re.compile(source)
+        except re.error as exc:
+            raise PagesError(f"{where}.regex", f"not a regular expression: {exc}") from exc
+    elif prefix is None:
+        raise PagesError(f"{where}.prefix", "expected a string")
+    return LabelRule(label=rule["label"], when=when, prefix=prefix, regex=pattern, remove=remove)
 
 
 def load_pages(path: str | Path) -> dict[str, PageConfig]:

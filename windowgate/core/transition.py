@@ -16,6 +16,7 @@ from schemas.state import PageState, UserState
 from schemas.types import Platform
 from windowgate.core.decide import decide
 from windowgate.core.fold import empty_state, fold
+from windowgate.core.labels import label_events
 from windowgate.core.rulebook import RuleBook
 
 
@@ -64,3 +65,31 @@ def decide_request(
         return Decided(decision, state, None)
     event = decided_event(decision, state.platform)
     return Decided(decision, fold(state, event), event)
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """A user's state after an event, and the label events the page's label rules derived from
+    it (already folded into `state`): the caller records them in the events topic, so the log
+    alone rebuilds the labels (I8) and a replay folds them without the rules."""
+
+    state: UserState
+    derived: tuple[Event, ...] = ()
+
+
+def apply_event_with_rules(state: UserState | None, event: Event, rules: RuleBook) -> Folded:
+    """`apply_event`, then the page's label rules on the user's payload. A derived label event
+    that would change nothing (the label is already there, or already gone) is left out: it
+    would only lengthen the log, and the labels come out the same whichever way the log is
+    folded (each label ends as its last add or remove in the log says)."""
+    folded = apply_event(state, event)
+    page = rules.pages.get(event.page_id)
+    if page is None or not page.label_rules:
+        return Folded(folded)
+    derived: list[Event] = []
+    for label_event in label_events(event, page.label_rules):
+        after = fold(folded, label_event)
+        if after != folded:
+            derived.append(label_event)
+            folded = after
+    return Folded(folded, tuple(derived))

@@ -41,6 +41,7 @@ from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from services.dispatcher.front.labels import LabelRoutes, PublishEvent
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
 from windowgate.meta.proxy import (
@@ -90,6 +91,7 @@ class DispatcherApi:
         wait_s: float,
         outcome_wait_s: float,
         ready: Callable[[], bool] = lambda: True,
+        publish_event: PublishEvent | None = None,
     ) -> None:
         self.rules = rules
         self.decisions = decisions
@@ -101,6 +103,17 @@ class DispatcherApi:
         self.wait_s = wait_s
         self.outcome_wait_s = outcome_wait_s
         self.ready = ready
+        self.labels = (
+            None
+            if publish_event is None
+            else LabelRoutes(
+                rules=rules,
+                publish=publish_event,
+                clock=clock,
+                wait_s=wait_s,
+                retry_after=self.retry_after,
+            )
+        )
 
     def app(self) -> web.Application:
         auth = cast(Middleware, bearer_middleware(self.api_tokens))
@@ -111,6 +124,10 @@ class DispatcherApi:
         app.router.add_get("/v1/decisions/{request_id}", self.get_decision)
         app.router.add_post("/{version}/me/messages", self.proxy)
         app.router.add_post("/{version}/{page_id}/messages", self.proxy)
+        if self.labels is not None:
+            label_path = "/v1/pages/{page_id}/users/{user_id}/labels/{label}"
+            app.router.add_put(label_path, self.labels.put)
+            app.router.add_delete(label_path, self.labels.delete)
         return app
 
     # ---- the shared path: publish, await the decision, await the outcome ------------------------
