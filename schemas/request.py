@@ -28,6 +28,10 @@ class SendRequest:
     message: dict[str, Any] | None = None
     send_by: int | None = None
     created_at: int | None = None
+    graph_fields: dict[str, Any] | None = None
+    """Send API fields windowgate does not interpret (`notification_type`, `persona_id`,
+    `reply_to`, `metadata`, `sender_action`, ...): the proxy carries the caller's own body here
+    so that the Graph call sends them unchanged (windowgate.meta.send_api.build_call)."""
 
     def __post_init__(self) -> None:
         for name in ("request_id", "page_id", "user_id"):

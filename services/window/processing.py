@@ -194,7 +194,7 @@ def process_event_record(
 def _decision_outputs(
     key: bytes, decision: Decision, request: SendRequest, platform: Any
 ) -> tuple[Output, ...]:
-    record = encode_decision_record(DecisionRecord(decision, request.message))
+    record = encode_decision_record(DecisionRecord(decision, request.message, request.graph_fields))
     if decision.duplicate:
         return (Output("decisions", key, record),)
     return (
