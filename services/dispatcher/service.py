@@ -28,6 +28,7 @@ from services.dispatcher.delivery.ratelimit import PageRateLimiter
 from services.dispatcher.delivery.worker import Deps
 from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from services.dispatcher.front.proxy_http import AttachmentUploader
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.timeconst import HOUR_MS
@@ -107,6 +108,10 @@ class DispatcherService:
             )
 
         dispatcher = self.dispatcher
+        uploader = AttachmentUploader(
+            config.graph_url, config.graph_version, config.graph_timeout_s
+        )
+        stack.push_async_callback(uploader.close)
         self.api = DispatcherApi(
             rules=self.rules,
             decisions=decisions,
@@ -118,6 +123,7 @@ class DispatcherService:
             wait_s=config.wait_s,
             outcome_wait_s=config.outcome_wait_s,
             ready=(lambda: dispatcher.ready()) if dispatcher is not None else (lambda: True),
+            uploader=uploader,
         )
         runner = web.AppRunner(self.api.app(), access_log=None)
         await runner.setup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -26,9 +26,26 @@ class PageConfig:
     region: str | None = None
     ad_account_id: str | None = None
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    human_agent_proof: HumanAgentProof = "header"
+    """How a proxy send tagged HUMAN_AGENT proves a human wrote it (README, the Graph proxy)."""
+    personas: Mapping[str, str] = field(default_factory=dict)
+    """persona_id → the human who writes as that persona (human_agent_proof "persona")."""
 
 
-_KNOWN_KEYS = frozenset({"access_token", "human_agent", "region", "ad_account_id", "rules"})
+HumanAgentProof = Literal["header", "persona", "trust_tag"]
+HUMAN_AGENT_PROOFS: tuple[HumanAgentProof, ...] = ("header", "persona", "trust_tag")
+
+_KNOWN_KEYS = frozenset(
+    {
+        "access_token",
+        "human_agent",
+        "region",
+        "ad_account_id",
+        "rules",
+        "human_agent_proof",
+        "personas",
+    }
+)
 
 
 def _opt_str(entry: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -60,6 +77,7 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
         ):
             raise PagesError(f"{where}.rules", 'expected {"<rule id>": {...override...}}')
         region = _opt_str(entry, "region", where)
+        proof, personas = _human_agent_proof(entry, where)
         pages[page_id] = PageConfig(
             page_id=page_id,
             access_token=_opt_str(entry, "access_token", where),
@@ -67,8 +85,29 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
             region=region.upper() if region else None,
             ad_account_id=_opt_str(entry, "ad_account_id", where),
             rule_overrides=overrides,
+            human_agent_proof=proof,
+            personas=personas,
         )
     return pages
+
+
+def _human_agent_proof(
+    entry: Mapping[str, Any], where: str
+) -> tuple[HumanAgentProof, dict[str, str]]:
+    """The page's `human_agent_proof` and `personas`, checked: persona proof needs personas."""
+    proof = entry.get("human_agent_proof", "header")
+    if proof not in HUMAN_AGENT_PROOFS:
+        raise PagesError(
+            f"{where}.human_agent_proof", f"expected one of {', '.join(HUMAN_AGENT_PROOFS)}"
+        )
+    personas = entry.get("personas", {})
+    if not isinstance(personas, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in personas.items()
+    ):
+        raise PagesError(f"{where}.personas", 'expected {"<persona_id>": "<human>"}')
+    if proof == "persona" and not personas:
+        raise PagesError(f"{where}.personas", 'human_agent_proof "persona" needs personas')
+    return cast(HumanAgentProof, proof), dict(personas)
 
 
 def load_pages(path: str | Path) -> dict[str, PageConfig]:
