@@ -50,6 +50,7 @@ from services.dispatcher.front.proxy_http import (
     body_limits,
     read_capped,
     read_meta_body,
+    upload,
     uploaded_message,
 )
 from windowgate.client import DecisionWatcher
@@ -130,6 +131,8 @@ class DispatcherApi:
         app.router.add_get("/v1/decisions/{request_id}", self.get_decision)
         app.router.add_post("/{version}/me/messages", self.proxy)
         app.router.add_post("/{version}/{page_id}/messages", self.proxy)
+        app.router.add_post("/{version}/me/message_attachments", self.proxy_upload)
+        app.router.add_post("/{version}/{page_id}/message_attachments", self.proxy_upload)
         return app
 
     # ---- the shared path: publish, await the decision, await the outcome ------------------------
@@ -362,6 +365,22 @@ class DispatcherApi:
             )
             return _json(maybe_delivered(send.request_id, detail, trace), MAYBE_DELIVERED_STATUS)
         status, answer = forwarded(done)
+        return _json(answer, status)
+
+    async def proxy_upload(self, request: web.Request) -> web.Response:
+        """Graph's Attachment Upload API, forwarded: an upload messages no one, so it is not
+        decided; Graph's own answer (the `attachment_id`) comes back."""
+        trace = f"windowgate-{uuid.uuid4().hex[:12]}"
+        try:
+            check_extension_headers(request.headers.keys())
+            body, file = await read_meta_body(request)
+            page = self._page_for(request.match_info.get("page_id"), self._token_of(request, body))
+            assert page.access_token is not None
+            status, answer = await upload(
+                self.uploader, page.access_token, body.get("message"), file
+            )
+        except ProxyError as exc:
+            return _json(proxy_error(exc, trace), exc.status)
         return _json(answer, status)
 
     # ---- operations ---------------------------------------------------------------------------

@@ -158,12 +158,16 @@ async def read_meta_body(request: web.Request) -> tuple[dict[str, Any], web.File
 
 class Uploader(Protocol):
     async def upload(
-        self, access_token: str, attachment: dict[str, Any], file: web.FileField
+        self, access_token: str, attachment: dict[str, Any], file: web.FileField | None
     ) -> tuple[int, dict[str, Any]]: ...
 
 
 class AttachmentUploader:
-    """Graph's Attachment Upload API: `POST /{v}/me/message_attachments` → `attachment_id`."""
+    """Graph's Attachment Upload API: `POST /{v}/me/message_attachments` → `attachment_id`.
+
+    With a file: multipart `message` + `filedata`, the file streamed from aiohttp's spool; without
+    one: the JSON `{"message": ...}` of an upload by URL (what fbmessenger's upload_attachment
+    sends), forwarded as given."""
 
     def __init__(self, base_url: str, version: str, timeout_s: float) -> None:
         self.url = f"{base_url.rstrip('/')}/{version}/me/message_attachments"
@@ -176,21 +180,28 @@ class AttachmentUploader:
             self._session = None
 
     async def upload(
-        self, access_token: str, attachment: dict[str, Any], file: web.FileField
+        self, access_token: str, attachment: dict[str, Any], file: web.FileField | None
     ) -> tuple[int, dict[str, Any]]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        payload = attachment.get("payload")
-        reusable = isinstance(payload, dict) and payload.get("is_reusable") is True
-        message = {"attachment": {"type": attachment["type"], "payload": {"is_reusable": reusable}}}
-        form = aiohttp.FormData()
-        form.add_field("message", orjson.dumps(message).decode())
-        form.add_field(
-            "filedata", file.file, filename=file.filename, content_type=file.content_type
-        )
         headers = {"Authorization": f"Bearer {access_token}"}
+        data: aiohttp.FormData | bytes
+        if file is not None:
+            payload = attachment.get("payload")
+            reusable = isinstance(payload, dict) and payload.get("is_reusable") in (True, "true")
+            kind = attachment["type"]
+            message = {"attachment": {"type": kind, "payload": {"is_reusable": reusable}}}
+            form = aiohttp.FormData()
+            form.add_field("message", orjson.dumps(message).decode())
+            form.add_field(
+                "filedata", file.file, filename=file.filename, content_type=file.content_type
+            )
+            data = form
+        else:
+            data = orjson.dumps({"message": {"attachment": attachment}})
+            headers["Content-Type"] = "application/json"
         try:
-            async with self._session.post(self.url, data=form, headers=headers) as response:
+            async with self._session.post(self.url, data=data, headers=headers) as response:
                 status, raw = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("attachment upload failed: %s", type(exc).__name__)
@@ -207,28 +218,45 @@ class AttachmentUploader:
         return status, body if isinstance(body, dict) else {}
 
 
+def attachment_of(message: Any, file: web.FileField | None) -> dict[str, Any]:
+    """The message's attachment an upload needs: a media type, and a URL unless a file came."""
+    attachment = message.get("attachment") if isinstance(message, dict) else None
+    if not isinstance(attachment, dict) or attachment.get("type") not in ATTACHMENT_TYPES:
+        raise ProxyError(
+            100,
+            "(#100) an upload needs message.attachment.type "
+            f"({', '.join(sorted(ATTACHMENT_TYPES))})",
+        )
+    payload = attachment.get("payload")
+    if file is None and not (isinstance(payload, dict) and payload.get("url")):
+        raise ProxyError(100, "(#100) an upload needs filedata or message.attachment.payload.url")
+    if file is not None:
+        file.file.seek(0, 2)
+        size = file.file.tell()
+        file.file.seek(0)
+        if size > UPLOAD_LIMIT:
+            raise too_large(size, UPLOAD_LIMIT, "an attachment (Meta's limit)")
+    return attachment
+
+
+async def upload(
+    uploader: Uploader | None, access_token: str, message: Any, file: web.FileField | None
+) -> tuple[int, dict[str, Any]]:
+    """Graph's own answer to the upload (an upload messages no one: no decision needed)."""
+    attachment = attachment_of(message, file)
+    if uploader is None:
+        raise ProxyError(100, "(#100) this windowgate does not take uploads", "no_uploads")
+    return await uploader.upload(access_token, attachment, file)
+
+
 async def uploaded_message(
     uploader: Uploader | None,
     access_token: str,
     message: dict[str, Any] | None,
     file: web.FileField,
 ) -> dict[str, Any]:
-    """The message with its attachment uploaded: `payload` becomes `{"attachment_id": ...}`."""
-    attachment = (message or {}).get("attachment")
-    if not isinstance(attachment, dict) or attachment.get("type") not in ATTACHMENT_TYPES:
-        raise ProxyError(
-            100,
-            "(#100) filedata needs message.attachment.type "
-            f"({', '.join(sorted(ATTACHMENT_TYPES))})",
-        )
-    if uploader is None:
-        raise ProxyError(100, "(#100) this windowgate does not take uploads", "no_uploads")
-    file.file.seek(0, 2)
-    size = file.file.tell()
-    file.file.seek(0)
-    if size > UPLOAD_LIMIT:
-        raise too_large(size, UPLOAD_LIMIT, "an attachment (Meta's limit)")
-    status, answer = await uploader.upload(access_token, attachment, file)
+    """The message with its file uploaded: `payload` becomes `{"attachment_id": ...}`."""
+    status, answer = await upload(uploader, access_token, message, file)
     attachment_id = answer.get("attachment_id")
     if status >= 400 and isinstance(answer.get("error"), dict):
         raise GraphAnswered(status, answer)  # Meta's own refusal of the upload
@@ -237,7 +265,6 @@ async def uploaded_message(
             2, f"(#2) Graph's upload answer ({status}) had no attachment_id", "upload_failed", 502
         )
     assert message is not None
-    return {
-        **message,
-        "attachment": {**attachment, "payload": {"attachment_id": str(attachment_id)}},
-    }
+    attachment = message["attachment"]
+    payload = {"attachment_id": str(attachment_id)}
+    return {**message, "attachment": {**attachment, "payload": payload}}
