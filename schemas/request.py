@@ -42,6 +42,13 @@ class SendRequest:
     def key(self) -> str:
         return event_key(self.page_id, self.user_id)
 
+    @property
+    def sender_action(self) -> str | None:
+        """A typing indicator, read receipt or reaction (no message): decided, never remembered
+        (windowgate.core.transition.decide_request)."""
+        action = (self.graph_fields or {}).get("sender_action")
+        return action if isinstance(action, str) and self.message is None else None
+
 
 def request_to_wire(request: SendRequest) -> dict[str, Any]:
     wire: dict[str, Any] = {"v": WIRE_VERSION}

@@ -15,9 +15,12 @@ from schemas.decision import (
     encode_decision_record,
 )
 from schemas.request import SendRequest, decode_request, encode_request
-from tests.unit.builders import PAGE, T0, USER
+from tests.unit.builders import PAGE, T0, USER, H, message
+from tests.unit.test_window_processing import Worker, decisions_of, events_of
 from windowgate.core.pages import PageConfig, PagesError, parse_pages
+from windowgate.core.rulebook import load_rules
 from windowgate.meta.send_api import CannotSend, build_call
+from windowgate.offline import OfflineGateway
 
 V = "v25.0"
 CONFIG = PageConfig(page_id=PAGE, access_token="tok")
@@ -128,3 +131,52 @@ def test_pages_file_human_agent_proof_errors_name_the_field(entry: Any, field: s
     with pytest.raises(PagesError) as caught:
         parse_pages({"pages": {"9": entry}})
     assert caught.value.field == f"pages.9.{field}"
+
+
+# ---- a sender action is decided, never remembered -----------------------------------------------
+
+
+def typing(request_id: str) -> SendRequest:
+    return SendRequest(
+        request_id=request_id,
+        page_id=PAGE,
+        user_id=USER,
+        purpose="response",
+        graph_fields={"sender_action": "typing_on"},
+    )
+
+
+def test_a_sender_action_is_decided_but_leaves_the_state_alone() -> None:
+    worker = Worker()
+    worker.event(message(T0, "m-open"))
+    before = worker.state()
+    result = worker.request(typing("typing-1"))
+    [decision] = decisions_of(result)
+    assert (result.outcome, decision.allowed, decision.mechanism) == (
+        "sender_action",
+        True,
+        "RESPONSE",
+    )
+    assert events_of(result) == []  # no RequestDecided: nothing folded, nothing reserved
+    assert worker.state() == before
+    again = worker.request(typing("typing-1"))  # not remembered: decided again (I5 dedups)
+    assert decisions_of(again)[0].duplicate is False
+    redelivered = worker.request(typing("typing-1"), offset=0)  # an old offset: not dead-lettered
+    assert redelivered.outcome == "sender_action"
+
+
+def test_a_sender_action_outside_the_window_is_refused() -> None:
+    worker = Worker()
+    worker.event(message(T0 - 30 * H, "m-old"))
+    [refused] = decisions_of(worker.request(typing("typing-2")))
+    assert (refused.allowed, refused.reason) == (False, "window_closed")
+
+
+def test_the_offline_gateway_does_not_remember_a_sender_action() -> None:
+    gateway = OfflineGateway(load_rules())
+    gateway.apply_events([message(T0, "m-open")])
+    assert gateway.decide(typing("t1"), T0 + H).allowed
+    assert gateway.users[f"{PAGE}:{USER}"].decisions == ()
+    text = SendRequest(request_id="m1", page_id=PAGE, user_id=USER, message={"text": "hi"})
+    assert gateway.decide(text, T0 + H).allowed
+    assert [d.request_id for d in gateway.users[f"{PAGE}:{USER}"].decisions] == ["m1"]
