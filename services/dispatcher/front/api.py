@@ -79,7 +79,14 @@ PROXY_OUTCOME_FACTOR = 5
 
 
 class Unavailable(Exception):
-    """Kafka did not take the request within the wait: answer 503 and `Retry-After`."""
+    """Kafka did not take the request within the wait: answer 503 and `Retry-After`.
+
+    `maybe_published`: the producer was still trying when the wait ended, so the request may yet
+    reach Kafka and be sent (the proxy then says so instead of inviting a blind retry)."""
+
+    def __init__(self, detail: str, maybe_published: bool = False) -> None:
+        self.maybe_published = maybe_published
+        super().__init__(detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +165,9 @@ class DispatcherApi:
                 # gets an answer within the documented wait instead.
                 await asyncio.wait_for(self.publish(request), self.wait_s)
             except TimeoutError as exc:
-                raise Unavailable(f"Kafka did not take it within {self.wait_s:g} s") from exc
+                raise Unavailable(
+                    f"Kafka did not take it within {self.wait_s:g} s", maybe_published=True
+                ) from exc
             except Exception as exc:
                 raise Unavailable(f"Kafka did not take it: {exc}") from exc
             try:
@@ -348,6 +357,10 @@ class DispatcherApi:
             submission = await self.submit(send, wait, wait_duplicates=True)
         except Unavailable as exc:
             log.warning("proxy could not publish %s: %s", send.request_id, exc)
+            if exc.maybe_published:
+                detail = f"windowgate could not confirm it took the send ({exc})"
+                body = maybe_delivered(send.request_id, detail, trace)
+                return _json(body, MAYBE_DELIVERED_STATUS)
             return _json(
                 meta_error(2, None, "(#2) windowgate is unavailable; nothing was sent", trace),
                 503,
