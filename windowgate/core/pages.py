@@ -35,17 +35,8 @@ class PageConfig:
 HumanAgentProof = Literal["header", "persona", "trust_tag"]
 HUMAN_AGENT_PROOFS: tuple[HumanAgentProof, ...] = ("header", "persona", "trust_tag")
 
-_KNOWN_KEYS = frozenset(
-    {
-        "access_token",
-        "human_agent",
-        "region",
-        "ad_account_id",
-        "rules",
-        "human_agent_proof",
-        "personas",
-    }
-)
+_KNOWN_KEYS = frozenset({"access_token", "human_agent", "region", "ad_account_id", "rules"})
+_KNOWN_KEYS |= {"human_agent_proof", "personas"}  # the proxy's HUMAN_AGENT proof
 
 
 def _opt_str(entry: Mapping[str, Any], key: str, path: str) -> str | None:
