@@ -12,6 +12,12 @@ For tests, benchmarks and `make run`; nothing leaves the machine.
 
     python -m devtools.graph_standin --port 8090 [--pages pages.json] [--rate 300]
     GET /_standin/stats                         # counts, double uses, busiest second per page
+    standin.uploads                             # Attachment Upload API calls: files received
+
+What it checks, like Meta, for a sender action (`sender_action` typing_on / typing_off /
+mark_seen / react / unreact, no message): a recipient id; it answers `{"recipient_id"}` only.
+`POST /{v}/{node}/message_attachments` (multipart `message` + `filedata`) records the file and
+answers `{"attachment_id"}`; a message whose `payload.attachment_id` it never issued is a 100.
 
 What it checks, like Meta: the page access token (`access_token` query/form/body or a Bearer
 header; wrong → 190), `recipient`, `messaging_type` (required for an `id` recipient; MESSAGE_TAG
@@ -133,6 +139,23 @@ class Call:
         return self.outcome not in PRE_DELIVERY
 
 
+@dataclass
+class Upload:
+    """One Attachment Upload API call: the file as received."""
+
+    page_id: str
+    attachment_type: str | None
+    filename: str | None
+    content_type: str | None
+    data: bytes
+    attachment_id: str
+
+
+UPLOAD_BODY_LIMIT = 26 * 1024 * 1024
+"""Meta takes attachments up to 25 MB; aiohttp's default cap (1 MB) would refuse them."""
+
+SENDER_ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
+
 _CLASS_OF: dict[tuple[Any, Any], str] = {
     (10, 2018278): "window_closed",
     (551, 1545041): "user_unavailable",
@@ -158,6 +181,7 @@ class GraphStandIn:
         self.page_tokens = dict(page_tokens or {})
         self.rate = rate_per_page
         self.calls: list[Call] = []
+        self.uploads: list[Upload] = []
         self.scripts: list[Script] = []
         self._used_otn: set[str] = set()
         self._accepted: dict[str, deque[float]] = {}
@@ -195,6 +219,10 @@ class GraphStandIn:
     def calls_for(self, text: str) -> list[Call]:
         return [c for c in self.calls if c.text is not None and text in c.text]
 
+    def calls_to(self, recipient: str) -> list[Call]:
+        """Every call addressed to this user id (sender actions included)."""
+        return [c for c in self.calls if c.recipient.get("id") == recipient]
+
     def busiest_second(self) -> dict[str, int]:
         """Per page, the most calls it answered (any outcome) within one sliding second."""
         by_page: dict[str, list[float]] = {}
@@ -225,8 +253,9 @@ class GraphStandIn:
     # ---- the app ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=UPLOAD_BODY_LIMIT)
         app.router.add_post("/{version}/{node}/messages", self.handle)
+        app.router.add_post("/{version}/{node}/message_attachments", self.handle_upload)
         app.router.add_get("/_standin/stats", self.handle_stats)
         return app
 
@@ -301,6 +330,12 @@ class GraphStandIn:
         message = body.get("message")
         if not isinstance(recipient, dict) or not recipient:
             return error_body(100, "(#100) param recipient must be non-empty.")
+        if "sender_action" in body:
+            if body["sender_action"] not in SENDER_ACTIONS or message is not None:
+                return error_body(100, "(#100) Param sender_action is invalid")
+            if "id" not in recipient:
+                return error_body(100, "(#100) a sender_action needs recipient.id")
+            return None
         if not isinstance(message, dict) or not message:
             return error_body(100, "(#100) Must send either message or state")
         text = message.get("text")
@@ -318,6 +353,11 @@ class GraphStandIn:
                 return error_body(
                     100, "(#100) Param tag is required with messaging_type MESSAGE_TAG"
                 )
+        attachment = message.get("attachment")
+        payload = attachment.get("payload") if isinstance(attachment, dict) else None
+        uploaded = payload.get("attachment_id") if isinstance(payload, dict) else None
+        if uploaded is not None and uploaded not in {u.attachment_id for u in self.uploads}:
+            return error_body(100, "(#100) Invalid attachment_id")
         otn = recipient.get("one_time_notif_token")
         if isinstance(otn, str) and otn in self._used_otn:
             return error_body(100, "(#100) The one-time notification token has been used")
@@ -366,11 +406,37 @@ class GraphStandIn:
         otn = recipient.get("one_time_notif_token")
         if isinstance(otn, str):
             self._used_otn.add(otn)
-        answer = {
-            "recipient_id": str(recipient.get("id") or f"psid-{next(self._ids)}"),
-            "message_id": f"m_standin_{next(self._ids)}",
-        }
+        answer = {"recipient_id": str(recipient.get("id") or f"psid-{next(self._ids)}")}
+        if "sender_action" not in body:  # Meta answers a sender action without a message_id
+            answer["message_id"] = f"m_standin_{next(self._ids)}"
         return self._answer(request, node, page_id, body, 200, answer)
+
+    async def handle_upload(self, request: web.Request) -> web.Response:
+        """The Attachment Upload API: multipart `message` (its attachment type) and `filedata`."""
+        node = request.match_info["node"]
+        auth = request.headers.get("Authorization", "")
+        token = request.query.get("access_token") or (auth[7:] if auth[:7] == "Bearer " else None)
+        page_id = self._page_for(node, token)
+        if page_id is None:
+            return _json(400, error_body(190, "Invalid OAuth access token."))
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            raw, filedata = form.get("message"), form.get("filedata")
+            if not isinstance(raw, str) or not isinstance(filedata, web.FileField):
+                return _json(400, error_body(100, "(#100) Upload attachment failure."))
+            message = orjson.loads(raw)
+            name, ctype, data = filedata.filename, filedata.content_type, filedata.file.read()
+        else:  # an upload by URL: {"message": {"attachment": {"type", "payload": {"url"}}}}
+            body = orjson.loads(await request.read() or b"{}")
+            message = body.get("message") if isinstance(body, dict) else None
+            name, ctype, data = None, None, b""
+        attachment = message.get("attachment") if isinstance(message, dict) else None
+        kind = attachment.get("type") if isinstance(attachment, dict) else None
+        if not isinstance(kind, str):
+            return _json(400, error_body(100, "(#100) Upload attachment failure."))
+        upload = Upload(page_id, kind, name, ctype, data, str(next(self._ids) + 10**15))
+        self.uploads.append(upload)
+        return _json(200, {"attachment_id": upload.attachment_id})
 
     async def _play(
         self, request: web.Request, node: str, page_id: str, body: dict[str, Any], entry: Script
@@ -433,6 +499,10 @@ class GraphStandIn:
         return web.Response(
             body=orjson.dumps(answer), status=status, content_type="application/json"
         )
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def page_tokens(pages_file: str) -> dict[str, str]:

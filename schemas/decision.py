@@ -69,12 +69,16 @@ class DecisionRecord:
 
     decision: Decision
     message: dict[str, Any] | None = None
+    graph_fields: dict[str, Any] | None = None
+    """The request's `graph_fields`: what the Graph call carries unchanged (SendRequest)."""
 
 
 def encode_decision_record(record: DecisionRecord) -> bytes:
     wire = decision_to_wire(record.decision)
     if record.message is not None:
         wire["message"] = record.message
+    if record.graph_fields:
+        wire["graph_fields"] = record.graph_fields
     return dumps(wire)
 
 
@@ -84,4 +88,7 @@ def decode_decision_record(raw: bytes | str) -> DecisionRecord:
     message = data.get("message") if isinstance(data, dict) else None
     if message is not None and not isinstance(message, dict):
         raise SchemaError("message", "expected an object")
-    return DecisionRecord(decision, message)
+    fields = data.get("graph_fields") if isinstance(data, dict) else None
+    if fields is not None and not isinstance(fields, dict):
+        raise SchemaError("graph_fields", "expected an object")
+    return DecisionRecord(decision, message, fields)

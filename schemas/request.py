@@ -28,6 +28,10 @@ class SendRequest:
     message: dict[str, Any] | None = None
     send_by: int | None = None
     created_at: int | None = None
+    graph_fields: dict[str, Any] | None = None
+    """Send API fields windowgate does not interpret (`notification_type`, `persona_id`,
+    `reply_to`, `metadata`, `sender_action`, ...): the proxy carries the caller's own body here
+    so that the Graph call sends them unchanged (windowgate.meta.send_api.build_call)."""
 
     def __post_init__(self) -> None:
         for name in ("request_id", "page_id", "user_id"):
@@ -38,10 +42,19 @@ class SendRequest:
     def key(self) -> str:
         return event_key(self.page_id, self.user_id)
 
+    @property
+    def sender_action(self) -> str | None:
+        """A typing indicator, read receipt or reaction (no message): decided, never remembered
+        (windowgate.core.transition.decide_request)."""
+        action = (self.graph_fields or {}).get("sender_action")
+        return action if isinstance(action, str) and self.message is None else None
+
 
 def request_to_wire(request: SendRequest) -> dict[str, Any]:
+    """Unset (None) fields are left out: a field added later (graph_fields, token, ...) never
+    reaches an older reader unless it is used, and the strict decoder reads absent as None."""
     wire: dict[str, Any] = {"v": WIRE_VERSION}
-    wire.update(to_wire(request))
+    wire.update((k, v) for k, v in to_wire(request).items() if v is not None)
     return wire
 
 

@@ -30,6 +30,7 @@ from services.dispatcher.delivery.worker import Deps
 from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.front.labels import LabelEvent
+from services.dispatcher.front.proxy_http import AttachmentUploader
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.timeconst import HOUR_MS
@@ -114,6 +115,10 @@ class DispatcherService:
             await producer.send_and_wait(events_topic, encode_event(event), key=event.key.encode())
 
         dispatcher = self.dispatcher
+        uploader = AttachmentUploader(
+            config.graph_url, config.graph_version, config.graph_timeout_s
+        )
+        stack.push_async_callback(uploader.close)
         self.api = DispatcherApi(
             rules=self.rules,
             decisions=decisions,
@@ -126,6 +131,7 @@ class DispatcherService:
             outcome_wait_s=config.outcome_wait_s,
             ready=(lambda: dispatcher.ready()) if dispatcher is not None else (lambda: True),
             publish_event=publish_event,
+            uploader=uploader,
         )
         runner = web.AppRunner(self.api.app(), access_log=None)
         await runner.setup()

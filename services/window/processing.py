@@ -22,6 +22,10 @@ Request steps (the single writer also decides):
   dispatcher and the `RequestDecided` event, so that the events topic alone rebuilds the table
   (I8);
 - a repeated request_id (a new record) gets its remembered decision back marked `duplicate`;
+- a sender action (typing indicator, read receipt, reaction: `SendRequest.sender_action`) is
+  decided like any request but neither folded nor remembered: it is no message, reserves
+  nothing and is not a send; only its `DecisionRecord` goes out (the dispatcher dedups by
+  request_id, I5, should one come twice);
 - a redelivered record (offset `<=` the user's `request_offset`) re-emits the remembered
   decision *as first decided*, not as a duplicate. With transactions the state and the input
   offsets commit together, so this only matters if they ever part (a second line of defence);
@@ -54,7 +58,16 @@ log = logging.getLogger(__name__)
 SERVICE = "window"
 
 OutputTopic = Literal["events", "decisions", "dead_letter"]
-Outcome = Literal["folded", "unchanged", "page", "decided", "duplicate", "replayed", "dead_letter"]
+Outcome = Literal[
+    "folded",
+    "unchanged",
+    "page",
+    "decided",
+    "duplicate",
+    "replayed",
+    "dead_letter",
+    "sender_action",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +232,8 @@ def process_event_record(
 def _decision_outputs(
     key: bytes, decision: Decision, request: SendRequest, platform: Any
 ) -> tuple[Output, ...]:
-    record = encode_decision_record(DecisionRecord(decision, request.message))
-    if decision.duplicate:
+    record = encode_decision_record(DecisionRecord(decision, request.message, request.graph_fields))
+    if decision.duplicate or request.sender_action is not None:
         return (Output("decisions", key, record),)
     return (
         Output("decisions", key, record),
@@ -252,14 +265,15 @@ def process_request_record(
             return refused
         user_key = _check_placement(key, request.key, source, partitions)
         stored = tables.get_user(user_key)
-        if stored is not None and source.offset <= stored.request_offset:
+        replayed = stored is not None and source.offset <= stored.request_offset
+        if replayed and stored is not None and request.sender_action is None:
             return _replayed(stored.state, request, user_key, source)
         page = tables.get_page(event_key(request.page_id, "").encode())
         state = stored.state if stored is not None else None
         decided = decide_request(state, request, now, rules, page)
         outputs = _decision_outputs(user_key, decided.decision, request, decided.state.platform)
-        if decided.event is None:
-            return Result("duplicate", outputs)
+        if decided.event is None:  # a sender action is decided, never remembered
+            return Result("sender_action" if request.sender_action else "duplicate", outputs)
         tables.put_user(user_key, StoredUser(decided.state, source.offset))
         return Result("decided", outputs, changed=decided.state)
 

@@ -279,7 +279,7 @@ class FakeWindow:
             request = decode_request(message.value or b"")
             decision = self.gateway.decide(request, now_ms())
             key = request.key.encode()
-            record = DecisionRecord(decision, request.message)
+            record = DecisionRecord(decision, request.message, request.graph_fields)
             await producer.send(self.topics.decisions, encode_decision_record(record), key=key)
 
     async def stop(self) -> None:

@@ -185,3 +185,31 @@ async def until_state(stack: Stack, user: str, check: Any) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"window state of {user} never matched: {latest.get('body')}")
+
+
+async def test_proxy_sender_actions_and_fields_through_the_real_window(stack: Stack) -> None:
+    """The window decides a typing indicator (the window is open) without remembering it; a
+    silent message keeps its notification_type through send-requests and decisions."""
+    user = unique_name("u")
+    await publish_events(
+        stack.bootstrap,
+        stack.topics.events,
+        [MessageReceived(page_id=PAGE_EU, user_id=user, timestamp=now_ms() - HOUR, mid="m-sa")],
+    )
+    await until_state(stack, user, lambda s: s["state"].get("last_opener_at") is not None)
+    bot = fbmessenger.MessengerClient(TOKENS[PAGE_EU], api_version="25.0")
+    bot.graph_url = f"{stack.url}/v25.0"
+    typing = await asyncio.to_thread(bot.send_action, "typing_on", user)
+    assert typing == {"recipient_id": user}, typing
+    sent = await asyncio.to_thread(bot.send, {"text": f"quiet {user}"}, user, "RESPONSE", "NO_PUSH")
+    assert sent["message_id"], sent
+    [call] = stack.standin.calls_for(f"quiet {user}")
+    assert call.body["notification_type"] == "NO_PUSH"
+    assert [
+        c.body.get("sender_action") for c in stack.standin.calls if c.recipient == {"id": user}
+    ] == [
+        "typing_on",
+        None,
+    ]
+    state = await stack.user_state(user)
+    assert len(state["state"].get("decisions", [])) == 1  # the message only

@@ -216,7 +216,10 @@ async def test_a_broker_that_never_answers_is_503_within_the_wait(setup: Any) ->
     body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
     url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
     proxied = await asyncio.wait_for(client.post(url, json=body), 10)
-    assert proxied.status == 503 and proxied.headers["Retry-After"] == "1"
+    # The producer may still deliver it: not a 503 that invites a blind retry.
+    answer = await proxied.json()
+    assert proxied.status == 400 and answer["error"]["is_transient"] is False
+    assert "may have been delivered" in answer["error"]["message"]
 
 
 # ---- the proxy ----------------------------------------------------------------------------------
@@ -235,13 +238,24 @@ async def test_proxy_with_an_unmodified_messenger_library(setup: Any) -> None:
     assert refused["windowgate"]["reason"] == "window_closed"
 
 
-async def test_proxy_needs_the_pages_own_token(setup: Any) -> None:
+async def test_proxy_answers_token_and_page_errors_as_graph_does(setup: Any) -> None:
+    """A token of no page is 190; another page's node (or an unknown one) is Graph's 100/33,
+    never 190 (that would make an operator revoke a good token); no token at all is 104."""
     client, window = setup
     body = {"recipient": {"id": USER}, "messaging_type": "RESPONSE", "message": {"text": "x"}}
     response = await client.post("/v25.0/me/messages?access_token=wrong", json=body)
     assert response.status == 400 and (await response.json())["error"]["code"] == 190
     other_page = await client.post(f"/v25.0/999/messages?access_token={PAGE_TOKEN}", json=body)
-    assert (await other_page.json())["error"]["code"] == 190
+    error = (await other_page.json())["error"]
+    assert other_page.status == 400
+    assert (error["code"], error["error_subcode"], error["type"]) == (
+        100,
+        33,
+        "GraphMethodException",
+    )
+    assert "Object with ID '999' does not exist" in error["message"]
+    missing = await client.post("/v25.0/me/messages", json=body)
+    assert (await missing.json())["error"]["code"] == 104
     assert window.published == []
 
 
@@ -274,14 +288,20 @@ HUMAN_AGENT_SEND = {
 }
 
 
-async def test_proxy_human_agent_needs_a_named_human(setup: Any) -> None:
+async def test_proxy_human_agent_inside_the_window_needs_no_header(setup: Any) -> None:
+    """Inside the window the window suffices: no header, decided as a RESPONSE; a named human
+    (the header) asks for HUMAN_AGENT itself, which this page is not permitted."""
     client, window = setup
     body = HUMAN_AGENT_SEND
     url = f"/v25.0/me/messages?access_token={PAGE_TOKEN}"
-    answer = await (await client.post(url, json=body)).json()
-    assert answer["windowgate"]["reason"] in ("human_agent_not_permitted", "human_author_missing")
-    await client.post(url, json=body, headers={"X-Windowgate-Human-Author": "ana@example.com"})
-    assert window.published[-1].human_author == "ana@example.com"
+    response = await client.post(url, json=body)
+    assert response.status == 200, await response.json()
+    assert (window.published[-1].purpose, window.published[-1].human_author) == ("response", None)
+    named = await client.post(url, json=body, headers={"X-Windowgate-Human-Author": "ana"})
+    assert window.published[-1].human_author == "ana"
+    answer = await named.json()
+    assert answer["windowgate"]["reason"] == "human_agent_not_permitted"
+    assert (answer["error"]["code"], answer["error"]["error_subcode"]) == (10, 2018278)
 
 
 async def test_proxy_refuses_an_unknown_windowgate_header_naming_it(setup: Any) -> None:

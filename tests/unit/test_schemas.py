@@ -276,3 +276,15 @@ def test_decision_record_carries_the_message_beside_the_decision() -> None:
     with pytest.raises(SchemaError) as caught:
         decode_decision_record(raw.replace(b'{"text":"back in stock"}', b'"text"'))
     assert caught.value.field == "message"
+
+
+def test_unset_request_fields_stay_off_the_wire() -> None:
+    """A field added later (graph_fields) must not reach an older, strict reader unless used."""
+    from schemas.request import request_to_wire
+
+    bare = SendRequest(request_id="r", page_id="p", user_id="u")
+    wire = request_to_wire(bare)
+    assert "graph_fields" not in wire and "message" not in wire
+    assert decode_request(encode_request(bare)) == bare
+    used = SendRequest(request_id="r", page_id="p", user_id="u", graph_fields={"persona_id": "1"})
+    assert request_to_wire(used)["graph_fields"] == {"persona_id": "1"}

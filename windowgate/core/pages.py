@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -30,10 +30,18 @@ class PageConfig:
     rule_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     label_rules: tuple[LabelRule, ...] = ()
 
+    human_agent_proof: HumanAgentProof = "header"
+    """How a proxy send tagged HUMAN_AGENT proves a human wrote it (README, the Graph proxy)."""
+    personas: Mapping[str, str] = field(default_factory=dict)
+    """persona_id → the human who writes as that persona (human_agent_proof "persona")."""
 
-_KNOWN_KEYS = frozenset(
-    {"access_token", "human_agent", "region", "ad_account_id", "rules", "label_rules"}
-)
+
+HumanAgentProof = Literal["header", "persona", "trust_tag"]
+HUMAN_AGENT_PROOFS: tuple[HumanAgentProof, ...] = ("header", "persona", "trust_tag")
+
+_KNOWN_KEYS = frozenset({"access_token", "human_agent", "region", "ad_account_id", "rules"})
+_KNOWN_KEYS |= {"label_rules"}  # segments (README, Labels)
+_KNOWN_KEYS |= {"human_agent_proof", "personas"}  # the proxy's HUMAN_AGENT proof
 
 
 def _opt_str(entry: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -65,6 +73,7 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
         ):
             raise PagesError(f"{where}.rules", 'expected {"<rule id>": {...override...}}')
         region = _opt_str(entry, "region", where)
+        proof, personas = _human_agent_proof(entry, where)
         pages[page_id] = PageConfig(
             page_id=page_id,
             access_token=_opt_str(entry, "access_token", where),
@@ -73,6 +82,8 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
             ad_account_id=_opt_str(entry, "ad_account_id", where),
             rule_overrides=overrides,
             label_rules=parse_label_rules(entry.get("label_rules", []), f"{where}.label_rules"),
+            human_agent_proof=proof,
+            personas=personas,
         )
     return pages
 
@@ -116,6 +127,25 @@ def _label_rule(rule: Any, where: str) -> LabelRule:
     elif prefix is None:
         raise PagesError(f"{where}.prefix", "expected a string")
     return LabelRule(label=rule["label"], when=when, prefix=prefix, regex=pattern, remove=remove)
+
+
+def _human_agent_proof(
+    entry: Mapping[str, Any], where: str
+) -> tuple[HumanAgentProof, dict[str, str]]:
+    """The page's `human_agent_proof` and `personas`, checked: persona proof needs personas."""
+    proof = entry.get("human_agent_proof", "header")
+    if proof not in HUMAN_AGENT_PROOFS:
+        raise PagesError(
+            f"{where}.human_agent_proof", f"expected one of {', '.join(HUMAN_AGENT_PROOFS)}"
+        )
+    personas = entry.get("personas", {})
+    if not isinstance(personas, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in personas.items()
+    ):
+        raise PagesError(f"{where}.personas", 'expected {"<persona_id>": "<human>"}')
+    if proof == "persona" and not personas:
+        raise PagesError(f"{where}.personas", 'human_agent_proof "persona" needs personas')
+    return cast(HumanAgentProof, proof), dict(personas)
 
 
 def load_pages(path: str | Path) -> dict[str, PageConfig]:

@@ -61,7 +61,8 @@ def decide_request(
             page_id=request.page_id, user_id=request.user_id, platform=request.platform
         )
     decision = decide(state, request, now, rules, page)
-    if decision.duplicate:
+    if decision.duplicate or request.sender_action is not None:
+        # A sender action is no message: it reserves nothing and is not remembered as a send.
         return Decided(decision, state, None)
     event = decided_event(decision, state.platform)
     return Decided(decision, fold(state, event), event)

@@ -10,8 +10,20 @@ Meta's body → SendRequest:
     recipient.one_time_notif_token      → purpose otn, user and topic from the token's opt-in
     recipient.notification_messages_token → purpose recurring, user and topic likewise
     message                             → message
+    sender_action (no message)          → purpose response: a typing indicator, read receipt or
+                                          reaction needs the window, is no message, spends nothing
+    every other field                   → graph_fields: sent to Graph unchanged (send_api)
     (header X-Windowgate-Human-Author)  → human_author (HUMAN_AGENT needs a named human)
     (header Idempotency-Key or X-Windowgate-Request-Id) → request_id (else a fresh one per call)
+
+Form-encoded bodies and query-string parameters are Meta's own shapes too (`graph_params`): an
+object parameter (`recipient`, `message`, a reaction's `payload`) is JSON, or the single-quoted
+literal of Meta's curl samples (`recipient={'id':'<PSID>'}`).
+
+HUMAN_AGENT (`human_sender`): a proxy send tagged HUMAN_AGENT proves its human as the page chose
+(`human_agent_proof` in the pages file: the header, a persona_id in the page's `personas`, or the
+page's trust of its own tag). Without a proof it is decided as a RESPONSE: inside the window the
+window suffices; outside it the refusal says what proof the page expects.
 
 Those headers are windowgate's extensions; any other `X-Windowgate-*` header is refused (a
 misspelt one would silently drop the human author or the idempotency key).
@@ -23,25 +35,38 @@ A refusal becomes `{"error": {message, type, code, error_subcode, fbtrace_id}, "
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import ast
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.codec import did_you_mean, to_wire
 from schemas.decision import Decision
 from schemas.types import Purpose
+from windowgate.core.pages import PageConfig
+from windowgate.meta.send_api import SENDER_ACTIONS, WINDOWGATE_SETS
 
 
 class ProxyError(ValueError):
     """The proxied call cannot be taken as a message; carries the Meta-shaped answer."""
 
     def __init__(
-        self, code: int, detail: str, reason: str = "invalid_request", status: int = 400
+        self,
+        code: int,
+        detail: str,
+        reason: str = "invalid_request",
+        status: int = 400,
+        *,
+        subcode: int | None = None,
+        error_type: str = "OAuthException",
     ) -> None:
         self.code = code
         self.detail = detail
         self.reason = reason
         self.status = status
+        self.subcode = subcode
+        self.error_type = error_type
         super().__init__(detail)
 
 
@@ -58,8 +83,15 @@ class Recipient:
 class ProxyAsk:
     recipient: Recipient
     purpose: Purpose
-    message: dict[str, Any]
+    message: dict[str, Any] | None
     tag: str | None = None
+    graph_fields: dict[str, Any] = field(default_factory=dict)
+    """The caller's fields windowgate does not interpret, for the Graph call unchanged."""
+
+    @property
+    def sender_action(self) -> str | None:
+        action = self.graph_fields.get("sender_action")
+        return action if isinstance(action, str) else None
 
 
 EXTENSION_PREFIX = "x-windowgate-"
@@ -92,14 +124,41 @@ def parse_body(body: Any) -> ProxyAsk:
     """Meta's Send API body as a windowgate ask; ProxyError (Meta's 100) when it is not one."""
     if not isinstance(body, dict):
         raise ProxyError(100, "the request body must be a JSON object")
-    if "sender_action" in body and "message" not in body:
-        raise ProxyError(100, "windowgate forwards messages only, not sender actions")
     recipient = body.get("recipient")
     if not isinstance(recipient, dict):
         raise ProxyError(100, "(#100) param recipient must be an object")
+    fields = {k: v for k, v in body.items() if k not in WINDOWGATE_SETS}
+    if "sender_action" in body:
+        return _sender_action(body, recipient, fields)
     message = body.get("message")
     if not isinstance(message, dict) or not message:
         raise ProxyError(100, "(#100) param message must be a non-empty object")
+    ask = _message_ask(body, recipient, message)
+    return ProxyAsk(ask.recipient, ask.purpose, ask.message, ask.tag, fields)
+
+
+def _sender_action(
+    body: dict[str, Any], recipient: dict[str, Any], fields: dict[str, Any]
+) -> ProxyAsk:
+    """A typing indicator, read receipt or reaction: inside the window only, like Meta."""
+    action = body["sender_action"]
+    if action not in SENDER_ACTIONS:
+        raise ProxyError(
+            100, f"(#100) param sender_action must be one of {', '.join(sorted(SENDER_ACTIONS))}"
+        )
+    if "message" in body:
+        raise ProxyError(100, "(#100) send either a message or a sender_action, not both")
+    user = recipient.get("id")
+    if isinstance(user, int) and not isinstance(user, bool):
+        user = str(user)
+    if not isinstance(user, str) or not user:
+        raise ProxyError(100, "(#100) a sender_action needs recipient.id")
+    return ProxyAsk(Recipient(user_id=user), "response", None, None, fields)
+
+
+def _message_ask(
+    body: dict[str, Any], recipient: dict[str, Any], message: dict[str, Any]
+) -> ProxyAsk:
     otn = recipient.get("one_time_notif_token")
     recurring = recipient.get("notification_messages_token")
     user = recipient.get("id")
@@ -130,10 +189,82 @@ def parse_body(body: Any) -> ProxyAsk:
     return ProxyAsk(Recipient(user_id=user), found, message)
 
 
+OBJECT_PARAMS = frozenset({"recipient", "message", "payload"})
+"""Send API parameters whose value is an object: JSON in a form or query string."""
+
+
+def graph_param(name: str, value: str) -> Any:
+    """A form or query-string parameter as Graph reads it: objects from JSON, or from the
+    single-quoted literal in Meta's curl samples; anything else stays a string."""
+    if name not in OBJECT_PARAMS:
+        return value
+    parsed: Any
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            parsed = None
+    if not isinstance(parsed, dict) or not _json_like(parsed):
+        raise ProxyError(100, f"(#100) param {name} must be a JSON object")
+    return parsed
+
+
+def _json_like(value: Any) -> bool:
+    """Only what JSON has (a Python literal may hold tuples, sets, bytes, complex numbers)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_like(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_like(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def graph_params(*sources: Mapping[str, str]) -> dict[str, Any]:
+    """Parameters from the query string, then the form (a later source wins, as in Graph)."""
+    params: dict[str, Any] = {}
+    for source in sources:
+        for name, value in source.items():
+            params[name] = graph_param(name, value)
+    return params
+
+
+PROOF_HOW: dict[str, str] = {
+    "header": "name the human in the X-Windowgate-Human-Author header",
+    "persona": "send as a persona_id listed in the page's personas",
+    "trust_tag": "the page trusts its own HUMAN_AGENT tag",
+}
+
+
+def human_sender(ask: ProxyAsk, page: PageConfig, header: str | None) -> str | None:
+    """Who wrote a HUMAN_AGENT send, by the page's `human_agent_proof`; None when unproven.
+
+    The header is explicit under every setting; `persona` maps the body's persona_id to its
+    human; `trust_tag` takes the page at its word (its own tag is its own statement)."""
+    if header:
+        return header
+    if page.human_agent_proof == "persona":
+        persona = ask.graph_fields.get("persona_id")
+        return page.personas.get(persona) if isinstance(persona, str) else None
+    if page.human_agent_proof == "trust_tag":
+        return f"a human of page {page.page_id} (the page's own HUMAN_AGENT tag)"
+    return None
+
+
+def unproven_note(page: PageConfig) -> str:
+    """Why a HUMAN_AGENT send without the page's proof was decided as a RESPONSE."""
+    return (
+        "HUMAN_AGENT without a proof of its human is sent only inside the window; outside it, "
+        f"{PROOF_HOW[page.human_agent_proof]} (human_agent_proof {page.human_agent_proof!r})"
+    )
+
+
 # reason → (Meta code, subcode) that Meta answers for the same refusal (platform-rules.md §7)
 REFUSAL_CODES: dict[str, tuple[int, int | None]] = {
     "window_closed": (10, 2018278),
     "human_agent_window_closed": (10, 2018278),
+    "human_author_missing": (10, 2018278),
+    "human_agent_not_permitted": (10, 2018278),
     "deadline_passed": (10, None),
     "opted_out": (10, 1893015),
     "user_unavailable": (551, 1545041),
@@ -158,8 +289,9 @@ def meta_error(
     message: str,
     trace: str,
     windowgate: dict[str, Any] | None = None,
+    error_type: str = "OAuthException",
 ) -> dict[str, Any]:
-    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    error: dict[str, Any] = {"message": message, "type": error_type, "code": code}
     if subcode is not None:
         error["error_subcode"] = subcode
     error["fbtrace_id"] = trace
@@ -169,19 +301,21 @@ def meta_error(
     return body
 
 
-def refusal(decision: Decision) -> dict[str, Any]:
-    """The Meta-shaped error for a refused decision, plus windowgate's reason and alternatives."""
+def refusal(decision: Decision, note: str | None = None) -> dict[str, Any]:
+    """The Meta-shaped error for a refused decision, plus windowgate's reason and alternatives
+    (and `note`: what the caller can do, e.g. the HUMAN_AGENT proof its page expects)."""
     code, subcode = REFUSAL_CODES.get(decision.reason, DEFAULT_REFUSAL)
     if decision.reason == "window_closed" and decision.platform == "instagram":
         code, subcode = INSTAGRAM_WINDOW
+    detail = f"{decision.detail}; {note}" if note else decision.detail
     return meta_error(
         code,
         subcode,
-        f"(#{code}) windowgate: {decision.detail}",
+        f"(#{code}) windowgate: {detail}",
         f"windowgate-{decision.request_id}",
         {
             "reason": decision.reason,
-            "detail": decision.detail,
+            "detail": detail,
             "request_id": decision.request_id,
             "rules_version": decision.rules_version,
             "alternatives": [to_wire(a) for a in decision.alternatives],
@@ -192,11 +326,56 @@ def refusal(decision: Decision) -> dict[str, Any]:
 def proxy_error(error: ProxyError, trace: str) -> dict[str, Any]:
     return meta_error(
         error.code,
-        None,
+        error.subcode,
         error.detail,
         trace,
         {"reason": error.reason, "detail": error.detail},
+        error.error_type,
     )
+
+
+def unknown_object(object_id: str) -> ProxyError:
+    """Graph's answer for a node the token cannot load: an unknown page id, or another page's
+    (code 100, subcode 33, GraphMethodException; never 190, which would revoke a good token)."""
+    return ProxyError(
+        100,
+        f"Unsupported post request. Object with ID '{object_id}' does not exist, cannot be "
+        "loaded due to missing permissions, or does not support this operation",
+        "unknown_page",
+        subcode=33,
+        error_type="GraphMethodException",
+    )
+
+
+def too_large(size: int | None, limit: int, what: str) -> ProxyError:
+    """A body over the proxy's limit, as a Graph-shaped 413 (an SDK always calls .json())."""
+    told = f"{size} bytes" if size is not None else "more"
+    return ProxyError(
+        100,
+        f"(#100) the request body has {told}; windowgate takes at most {limit} bytes for {what}",
+        "too_large",
+        413,
+    )
+
+
+MAYBE_DELIVERED_STATUS = 400
+"""Not 5xx: an SDK's retry policy resends on 5xx, and this send may already have happened."""
+
+
+def maybe_delivered(request_id: str, detail: str, trace: str) -> dict[str, Any]:
+    """The answer when the outcome is not known: the message may have been delivered, so it
+    must not be retried blindly; the same Idempotency-Key asks again without a second send."""
+    message = (
+        f"(#2) windowgate: {detail}. The message may have been delivered: do not retry it "
+        f"blindly; repeat the call with Idempotency-Key: {request_id} to learn its outcome "
+        "without sending it twice"
+    )
+    body = meta_error(
+        2, None, message, trace, {"reason": "outcome_unknown", "request_id": request_id}
+    )
+    body["error"]["is_transient"] = False
+    body["windowgate"]["detail"] = detail
+    return body
 
 
 class DeliveryResult(Protocol):
@@ -223,20 +402,28 @@ class DeliveryResult(Protocol):
 
 
 def forwarded(done: DeliveryResult) -> tuple[int, dict[str, Any]]:
-    """Meta's own answer to the forwarded call, as recorded in the dispatch log."""
+    """Meta's own answer to the forwarded call, as recorded in the dispatch log; an ambiguous
+    outcome (timeout, 5xx) as `maybe_delivered`, with Meta's answer beside it if there was one."""
+    trace = f"windowgate-{done.request_id}"
+    if done.status == "unknown":
+        body = maybe_delivered(
+            done.request_id, f"the Graph call's outcome is unknown ({done.detail})", trace
+        )
+        body["windowgate"]["reason"] = "delivery_unknown"
+        if done.graph_body is not None:
+            body["windowgate"]["graph_status"] = done.graph_status
+            body["windowgate"]["graph_answer"] = done.graph_body
+        return MAYBE_DELIVERED_STATUS, body
     if done.graph_body is not None and done.graph_status is not None:
         return done.graph_status, done.graph_body
     if done.status == "sent":
         return 200, {"recipient_id": done.user_id, "message_id": done.message_id}
-    status = 500 if done.status == "unknown" else 400
-    code = 2 if done.status == "unknown" else (done.error_code or 100)
+    code = done.error_code or 100
     body = meta_error(
         code,
         done.error_subcode,
         f"(#{code}) windowgate: {done.detail or done.status}",
-        f"windowgate-{done.request_id}",
+        trace,
         {"reason": f"delivery_{done.status}", "detail": done.detail},
     )
-    if done.status == "unknown":
-        body["error"]["is_transient"] = False  # never retry: the message may have been sent
-    return status, body
+    return 400, body

@@ -13,7 +13,14 @@ Pure. The mechanism the decision names fixes the recipient and `messaging_type`:
     MARKETING    /{v}/act_{account}/messages messenger_delivery_data.subscription_token, and the
                                              campaign's message_id (from message.message_id)
 
-The message body is the request's own `message` (carried on the decisions topic).
+The message body is the request's own `message` (carried on the decisions topic). Every other
+field of the caller's Send API body (`graph_fields`: `notification_type`, `persona_id`, `reply_to`,
+`metadata`, anything unknown) goes out unchanged; windowgate sets only the recipient, the
+`messaging_type` and `tag` of the decided mechanism, and the message.
+
+A sender action (`sender_action` typing_on / typing_off / mark_seen / react / unreact in
+`graph_fields`, no message) goes out as `{"recipient": {"id": user}, "sender_action": ...}` plus its
+other fields (a reaction's `payload`), only under a window mechanism: it is not a message.
 """
 
 from __future__ import annotations
@@ -29,6 +36,15 @@ RateClass = Literal["text", "media"]
 
 MEDIA_TYPES = frozenset({"audio", "video"})
 """Attachment types Meta limits to 10 calls/s per page (M-RATE); everything else is 300/s."""
+
+SENDER_ACTIONS = frozenset({"typing_on", "typing_off", "mark_seen", "react", "unreact"})
+"""Meta's `sender_action` values: typing indicators, read receipts, reactions (not messages)."""
+
+WINDOWGATE_SETS = frozenset({"recipient", "messaging_type", "tag", "message", "access_token"})
+"""Fields the call's body takes from the decision, never from `graph_fields` (the token travels
+in a header)."""
+
+WINDOW_MECHANISMS = frozenset({"RESPONSE", "UPDATE", "HUMAN_AGENT"})
 
 TEXT_LIMIT = 2000
 """Meta refuses text of 2,000 characters or more (M-SENDAPI)."""
@@ -70,6 +86,17 @@ def _check_message(message: dict[str, Any] | None) -> dict[str, Any]:
     return message
 
 
+def passthrough(record: DecisionRecord) -> dict[str, Any]:
+    """The caller's own Send API fields that windowgate does not set, unchanged."""
+    fields = record.graph_fields or {}
+    return {k: v for k, v in fields.items() if k not in WINDOWGATE_SETS}
+
+
+def sender_action_of(record: DecisionRecord) -> str | None:
+    action = (record.graph_fields or {}).get("sender_action")
+    return action if isinstance(action, str) else None
+
+
 def ad_account_path(version: str, ad_account_id: str) -> str:
     account = ad_account_id.removeprefix("act_")
     return f"/{version}/act_{account}/messages"
@@ -96,8 +123,16 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
         }
         path = ad_account_path(version, page.ad_account_id)
         return GraphCall(path, campaign_body, "text", decision.page_id)
-    message = _check_message(record.message)
+    extra = passthrough(record)
     body: dict[str, Any]
+    if sender_action_of(record) is not None:
+        if record.message:
+            raise CannotSend("a sender_action goes without a message")
+        if mechanism not in WINDOW_MECHANISMS:
+            raise CannotSend(f"a sender_action needs the window, not {mechanism}")
+        body = {**extra, "recipient": {"id": decision.user_id}}
+        return GraphCall(messages_path, body, "text", decision.page_id)
+    message = _check_message(record.message)
     if mechanism == "OTN":
         body = {"recipient": {"one_time_notif_token": decision.token}, "message": message}
     elif mechanism == "RECURRING":
@@ -117,4 +152,4 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
         }
     else:
         raise CannotSend(f"no Graph call for mechanism {mechanism!r}")
-    return GraphCall(messages_path, body, rate_class(message), decision.page_id)
+    return GraphCall(messages_path, {**extra, **body}, rate_class(message), decision.page_id)

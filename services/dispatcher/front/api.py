@@ -17,6 +17,7 @@ outcome from the dispatch log. This process only waits for them.
 - `POST /{version}/me/messages`, `POST /{version}/{page_id}/messages`: Meta's own body and the
   page's own access token; allowed → Meta's answer to the forwarded call, refused → Meta's error.
   windowgate's own extensions are `X-Windowgate-*` headers; an unknown one is a 400 naming it.
+  Every proxy answer is Graph-shaped JSON (proxy_http): never a 202, never plain text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import orjson
@@ -42,17 +43,34 @@ from services.common.auth import bearer_middleware
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.front.labels import LabelRoutes, PublishEvent
+from services.dispatcher.front.proxy_http import (
+    CLIENT_MAX_SIZE,
+    JSON_LIMIT,
+    GraphAnswered,
+    Uploader,
+    body_limits,
+    read_capped,
+    read_meta_body,
+    upload,
+    uploaded_message,
+)
 from windowgate.client import DecisionWatcher
+from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import RuleBook
 from windowgate.meta.proxy import (
+    MAYBE_DELIVERED_STATUS,
     ProxyAsk,
     ProxyError,
     check_extension_headers,
     forwarded,
+    human_sender,
+    maybe_delivered,
     meta_error,
     parse_body,
     proxy_error,
     refusal,
+    unknown_object,
+    unproven_note,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +80,14 @@ PROXY_OUTCOME_FACTOR = 5
 
 
 class Unavailable(Exception):
-    """Kafka did not take the request within the wait: answer 503 and `Retry-After`."""
+    """Kafka did not take the request within the wait: answer 503 and `Retry-After`.
+
+    `maybe_published`: the producer was still trying when the wait ended, so the request may yet
+    reach Kafka and be sent (the proxy then says so instead of inviting a blind retry)."""
+
+    def __init__(self, detail: str, maybe_published: bool = False) -> None:
+        self.maybe_published = maybe_published
+        super().__init__(detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +117,7 @@ class DispatcherApi:
         outcome_wait_s: float,
         ready: Callable[[], bool] = lambda: True,
         publish_event: PublishEvent | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         self.rules = rules
         self.decisions = decisions
@@ -114,10 +140,11 @@ class DispatcherApi:
                 retry_after=self.retry_after,
             )
         )
+        self.uploader = uploader
 
     def app(self) -> web.Application:
         auth = cast(Middleware, bearer_middleware(self.api_tokens))
-        app = web.Application(middlewares=[auth])
+        app = web.Application(middlewares=[body_limits, auth], client_max_size=CLIENT_MAX_SIZE)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/messages", self.post_message)
@@ -128,6 +155,8 @@ class DispatcherApi:
             label_path = "/v1/pages/{page_id}/users/{user_id}/labels/{label}"
             app.router.add_put(label_path, self.labels.put)
             app.router.add_delete(label_path, self.labels.delete)
+        app.router.add_post("/{version}/me/message_attachments", self.proxy_upload)
+        app.router.add_post("/{version}/{page_id}/message_attachments", self.proxy_upload)
         return app
 
     # ---- the shared path: publish, await the decision, await the outcome ------------------------
@@ -137,9 +166,12 @@ class DispatcherApi:
         """Seconds a caller should wait before retrying a 503 (the `Retry-After` header)."""
         return str(max(1, math.ceil(self.wait_s)))
 
-    async def submit(self, request: SendRequest, outcome_wait_s: float) -> Submission:
+    async def submit(
+        self, request: SendRequest, outcome_wait_s: float, wait_duplicates: bool = False
+    ) -> Submission:
         """Publish, then await the decision, both within `wait_s` together (raises Unavailable
-        when Kafka does not take the request in that time), then the outcome."""
+        when Kafka does not take the request in that time), then the outcome (of a duplicate's
+        first send too when `wait_duplicates`: a deliberate retry learns what happened)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         decided = self.decisions.expect(request.request_id)
@@ -150,7 +182,9 @@ class DispatcherApi:
                 # gets an answer within the documented wait instead.
                 await asyncio.wait_for(self.publish(request), self.wait_s)
             except TimeoutError as exc:
-                raise Unavailable(f"Kafka did not take it within {self.wait_s:g} s") from exc
+                raise Unavailable(
+                    f"Kafka did not take it within {self.wait_s:g} s", maybe_published=True
+                ) from exc
             except Exception as exc:
                 raise Unavailable(f"Kafka did not take it: {exc}") from exc
             try:
@@ -160,7 +194,8 @@ class DispatcherApi:
                 return Submission(None, None)
             decision = record.decision
             done = self.outcomes.recent(request.request_id)
-            if done is None and decision.allowed and not decision.duplicate and outcome_wait_s:
+            waits = wait_duplicates or not decision.duplicate
+            if done is None and decision.allowed and waits and outcome_wait_s:
                 try:
                     done = await asyncio.wait_for(asyncio.shield(delivered), outcome_wait_s)
                 except TimeoutError:
@@ -181,7 +216,7 @@ class DispatcherApi:
 
     async def post_message(self, request: web.Request) -> web.Response:
         try:
-            data = loads(await request.read(), "request body")
+            data = loads(await read_capped(request, JSON_LIMIT), "request body")
             if isinstance(data, dict):
                 data.setdefault("created_at", self.clock())
             send = request_from_wire(data)
@@ -234,22 +269,25 @@ class DispatcherApi:
 
     # ---- the Graph proxy ----------------------------------------------------------------------
 
-    def _page_for(self, page_id: str | None, token: str | None) -> str:
-        """The page whose own access token was given (constant time); ProxyError 190 if none."""
+    def _page_for(self, page_id: str | None, token: str | None) -> PageConfig:
+        """The page whose own access token was given (constant time), as Graph answers: no token
+        104, a token of no page 190, another page's node or an unknown one 100/33 (not 190: that
+        would make an operator revoke a good token)."""
         if not token:
-            raise ProxyError(190, "(#190) An access token is required", "invalid_token")
-        given = token.encode()
-        found: str | None = None
-        for page in self.rules.pages.values():
-            matches = bool(page.access_token) and hmac.compare_digest(
-                given, (page.access_token or "").encode()
+            raise ProxyError(
+                104, "An access token is required to request this resource.", "invalid_token"
             )
-            if matches and page_id in (None, page.page_id):
-                found = page.page_id
+        given = token.encode()
+        found: PageConfig | None = None
+        for page in self.rules.pages.values():
+            if page.access_token and hmac.compare_digest(given, page.access_token.encode()):
+                found = page
         if found is None:
             raise ProxyError(
-                190, "(#190) Invalid OAuth access token for this page", "invalid_token"
+                190, "Invalid OAuth access token - Cannot parse access token", "invalid_token"
             )
+        if page_id is not None and page_id != found.page_id:
+            raise unknown_object(page_id)
         return found
 
     @staticmethod
@@ -263,34 +301,12 @@ class DispatcherApi:
                 return auth[len(scheme) :].strip()
         return None
 
-    @staticmethod
-    async def _meta_body(request: web.Request) -> dict[str, Any]:
-        """JSON, or form fields whose recipient/message are JSON strings (both reach Meta)."""
-        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
-            body: dict[str, Any] = {}
-            for name, value in form.items():
-                if not isinstance(value, str):
-                    continue
-                if name in ("recipient", "message"):
-                    try:
-                        body[name] = orjson.loads(value)
-                    except orjson.JSONDecodeError as exc:
-                        raise ProxyError(100, f"(#100) param {name} is not JSON") from exc
-                else:
-                    body[name] = value
-            return body
-        try:
-            data = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as exc:
-            raise ProxyError(100, "(#100) the body is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise ProxyError(100, "(#100) the body must be a JSON object")
-        return data
-
     async def _proxy_request(
-        self, request: web.Request, ask: ProxyAsk, page_id: str
-    ) -> SendRequest:
+        self, request: web.Request, ask: ProxyAsk, page: PageConfig
+    ) -> tuple[SendRequest, str | None]:
+        """The SendRequest for a proxied call, and the note a refusal of it carries (HUMAN_AGENT
+        without the page's proof of a human is asked as a RESPONSE: the window suffices)."""
+        page_id = page.page_id
         user_id = ask.recipient.user_id
         topic: str | None = None
         token = ask.recipient.otn_token or ask.recipient.recurring_token
@@ -315,66 +331,86 @@ class DispatcherApi:
             or request.headers.get("X-Windowgate-Request-Id")
             or f"proxy-{uuid.uuid4()}"
         )
-        return SendRequest(
+        header = request.headers.get("X-Windowgate-Human-Author")
+        purpose, human, note = ask.purpose, header, None
+        if ask.purpose == "human_agent":
+            human = human_sender(ask, page, header)
+            if human is None:
+                purpose, note = "response", unproven_note(page)
+        send = SendRequest(
             request_id=request_id,
             page_id=page_id,
             user_id=user_id,
-            purpose=ask.purpose,
+            purpose=purpose,
             topic=topic,
-            tag=ask.tag if ask.purpose == "tag" else None,
-            human_author=request.headers.get("X-Windowgate-Human-Author"),
+            tag=ask.tag if purpose == "tag" else None,
+            human_author=human,
             message=ask.message,
             created_at=self.clock(),
+            graph_fields=ask.graph_fields or None,
         )
+        return send, note
 
     async def proxy(self, request: web.Request) -> web.Response:
         trace = f"windowgate-{uuid.uuid4().hex[:12]}"
         try:
             check_extension_headers(request.headers.keys())
-            body = await self._meta_body(request)
-            page_id = self._page_for(
-                request.match_info.get("page_id"), self._token_of(request, body)
-            )
+            body, upload = await read_meta_body(request)
+            page = self._page_for(request.match_info.get("page_id"), self._token_of(request, body))
             ask = parse_body(body)
-            send = await self._proxy_request(request, ask, page_id)
+            if upload is not None:
+                assert page.access_token is not None
+                message = await uploaded_message(
+                    self.uploader, page.access_token, ask.message, upload
+                )
+                ask = replace(ask, message=message)
+            send, note = await self._proxy_request(request, ask, page)
         except ProxyError as exc:
             return _json(proxy_error(exc, trace), exc.status)
+        except GraphAnswered as exc:
+            return _json(exc.body, exc.status)
+        wait = self.outcome_wait_s * PROXY_OUTCOME_FACTOR
         try:
-            submission = await self.submit(send, self.outcome_wait_s * PROXY_OUTCOME_FACTOR)
+            submission = await self.submit(send, wait, wait_duplicates=True)
         except Unavailable as exc:
             log.warning("proxy could not publish %s: %s", send.request_id, exc)
+            if exc.maybe_published:
+                detail = f"windowgate could not confirm it took the send ({exc})"
+                body = maybe_delivered(send.request_id, detail, trace)
+                return _json(body, MAYBE_DELIVERED_STATUS)
             return _json(
-                meta_error(2, None, "(#2) windowgate is unavailable", trace),
+                meta_error(2, None, "(#2) windowgate is unavailable; nothing was sent", trace),
                 503,
                 {"Retry-After": self.retry_after},
             )
         record, done = submission.decision, submission.done
         if record is None:
-            return _json(
-                meta_error(
-                    2,
-                    None,
-                    "(#2) windowgate took the request but has no decision yet",
-                    trace,
-                    {"reason": "pending", "request_id": send.request_id},
-                ),
-                202,
-            )
+            detail = f"windowgate took the send but has no decision within {self.wait_s:g} s"
+            return _json(maybe_delivered(send.request_id, detail, trace), MAYBE_DELIVERED_STATUS)
         if not record.decision.allowed:
-            return _json(refusal(record.decision), 400)
+            return _json(refusal(record.decision, note), 400)
         if done is None:
-            return _json(
-                {
-                    "windowgate": {
-                        "reason": record.decision.reason,
-                        "status": "pending",
-                        "request_id": send.request_id,
-                        "detail": "allowed; the delivery outcome is not known yet",
-                    }
-                },
-                202,
+            detail = (
+                f"allowed ({record.decision.reason}); Graph's answer did not come within {wait:g} s"
             )
+            return _json(maybe_delivered(send.request_id, detail, trace), MAYBE_DELIVERED_STATUS)
         status, answer = forwarded(done)
+        return _json(answer, status)
+
+    async def proxy_upload(self, request: web.Request) -> web.Response:
+        """Graph's Attachment Upload API, forwarded: an upload messages no one, so it is not
+        decided; Graph's own answer (the `attachment_id`) comes back."""
+        trace = f"windowgate-{uuid.uuid4().hex[:12]}"
+        try:
+            check_extension_headers(request.headers.keys())
+            body, file = await read_meta_body(request)
+            page = self._page_for(request.match_info.get("page_id"), self._token_of(request, body))
+            assert page.access_token is not None
+            status, answer = await upload(
+                self.uploader, page.access_token, body.get("message"), file
+            )
+        except ProxyError as exc:
+            return _json(proxy_error(exc, trace), exc.status)
         return _json(answer, status)
 
     # ---- operations ---------------------------------------------------------------------------

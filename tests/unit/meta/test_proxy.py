@@ -9,7 +9,19 @@ import pytest
 from schemas.decision import Alternative, Decision
 from services.dispatcher.delivery.dispatchlog import Done
 from tests.unit.builders import PAGE, T0, USER
-from windowgate.meta.proxy import ProxyError, forwarded, parse_body, refusal
+from windowgate.core.pages import PageConfig
+from windowgate.meta.proxy import (
+    ProxyError,
+    forwarded,
+    graph_param,
+    graph_params,
+    human_sender,
+    parse_body,
+    proxy_error,
+    refusal,
+    unknown_object,
+    unproven_note,
+)
 
 TEXT = {"text": "hi"}
 
@@ -51,7 +63,9 @@ def test_token_recipients() -> None:
         {"recipient": {"user_ref": "x"}, "message": TEXT},
         {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "MESSAGE_TAG"},
         {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "NEWS"},
-        {"recipient": {"id": USER}, "sender_action": "typing_on"},
+        {"recipient": {"id": USER}, "sender_action": "dance"},
+        {"recipient": {"id": USER}, "sender_action": "typing_on", "message": TEXT},
+        {"recipient": {"one_time_notif_token": "T"}, "sender_action": "typing_on"},
     ],
 )
 def test_not_a_message(body: Any) -> None:
@@ -97,7 +111,8 @@ def test_instagram_window_uses_instagram_subcode() -> None:
         ("opted_out", 10, 1893015),
         ("tag_retired", 100, None),
         ("token_spent", 100, None),
-        ("human_agent_not_permitted", 10, None),
+        ("human_agent_not_permitted", 10, 2018278),
+        ("human_author_missing", 10, 2018278),
         ("mechanism_ended", 10, None),
     ],
 )
@@ -119,8 +134,123 @@ def test_forwarded_returns_metas_own_answer() -> None:
 
 def test_forwarded_without_metas_answer() -> None:
     status, body = forwarded(done("unknown", detail="timed out"))
-    assert status == 500 and body["error"]["code"] == 2
+    assert status == 400 and body["error"]["code"] == 2  # not 5xx: no SDK retries it
     assert body["error"]["is_transient"] is False
+    assert "may have been delivered" in body["error"]["message"]
+    assert "Idempotency-Key: r1" in body["error"]["message"]
     assert body["windowgate"]["reason"] == "delivery_unknown"
     status, body = forwarded(done("failed", detail="expired"))
     assert status == 400 and body["windowgate"]["detail"] == "expired"
+
+
+def test_an_ambiguous_5xx_is_never_handed_back_as_a_5xx() -> None:
+    """Meta's 500 after the body left: the send may have happened; Meta's body rides along."""
+    meta = {"error": {"code": 2, "message": "An unexpected error has occurred."}}
+    status, body = forwarded(done("unknown", graph_status=500, graph_body=meta, detail="5xx"))
+    assert status == 400 and body["error"]["is_transient"] is False
+    assert body["windowgate"]["graph_answer"] == meta
+
+
+def test_sender_actions_are_window_sends_with_their_fields() -> None:
+    typing = parse_body({"recipient": {"id": USER}, "sender_action": "typing_on"})
+    assert (typing.purpose, typing.message, typing.sender_action) == ("response", None, "typing_on")
+    react = parse_body(
+        {
+            "recipient": {"id": 42},
+            "sender_action": "react",
+            "payload": {"message_id": "m_1", "reaction": "love"},
+        }
+    )
+    assert react.recipient.user_id == "42"
+    assert react.graph_fields == {
+        "sender_action": "react",
+        "payload": {"message_id": "m_1", "reaction": "love"},
+    }
+
+
+def test_every_field_windowgate_does_not_set_is_carried() -> None:
+    body = {
+        "recipient": {"id": USER},
+        "messaging_type": "RESPONSE",
+        "message": TEXT,
+        "access_token": "secret",
+        "notification_type": "SILENT_PUSH",
+        "persona_id": "p1",
+        "reply_to": {"mid": "m_0"},
+        "metadata": "crm-7",
+        "brand_new_field": [1, 2],
+    }
+    assert parse_body(body).graph_fields == {
+        "notification_type": "SILENT_PUSH",
+        "persona_id": "p1",
+        "reply_to": {"mid": "m_0"},
+        "metadata": "crm-7",
+        "brand_new_field": [1, 2],
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{'id':'1254459154682919'}", {"id": "1254459154682919"}),  # Meta's curl samples
+        ('{"id": "1", "x": true}', {"id": "1", "x": True}),
+        ("{'text':'hello, world!'}", {"text": "hello, world!"}),
+    ],
+)
+def test_form_objects_as_json_or_metas_single_quotes(value: str, expected: Any) -> None:
+    assert graph_param("recipient", value) == expected
+
+
+@pytest.mark.parametrize("value", ["[1]", "{'a': (1, 2)}", "{'a': b'x'}", "nope", "{1: 2}"])
+def test_form_objects_that_json_cannot_carry_are_refused(value: str) -> None:
+    with pytest.raises(ProxyError) as caught:
+        graph_param("message", value)
+    assert caught.value.code == 100 and "message" in caught.value.detail
+
+
+def test_plain_params_stay_strings_and_the_body_wins_over_the_query() -> None:
+    params = graph_params(
+        {"metadata": "{'a': 1}", "messaging_type": "UPDATE"}, {"messaging_type": "RESPONSE"}
+    )
+    assert params == {"metadata": "{'a': 1}", "messaging_type": "RESPONSE"}
+
+
+HA = {
+    "recipient": {"id": USER},
+    "messaging_type": "MESSAGE_TAG",
+    "tag": "HUMAN_AGENT",
+    "message": TEXT,
+    "persona_id": "p-ana",
+}
+
+
+@pytest.mark.parametrize(
+    ("proof", "header", "expected"),
+    [
+        ("header", "ana", "ana"),
+        ("header", None, None),
+        ("persona", None, "ana@example.com"),
+        ("persona", "bo", "bo"),  # the header is explicit under every setting
+        ("trust_tag", None, f"a human of page {PAGE} (the page's own HUMAN_AGENT tag)"),
+    ],
+)
+def test_human_agent_proof_by_the_pages_choice(
+    proof: Any, header: str | None, expected: str | None
+) -> None:
+    page = PageConfig(page_id=PAGE, human_agent_proof=proof, personas={"p-ana": "ana@example.com"})
+    assert human_sender(parse_body(HA), page, header) == expected
+
+
+def test_an_unknown_persona_is_no_proof() -> None:
+    page = PageConfig(page_id=PAGE, human_agent_proof="persona", personas={"p-bo": "bo"})
+    assert human_sender(parse_body(HA), page, None) is None
+    assert "persona_id listed in the page's personas" in unproven_note(page)
+
+
+def test_unknown_object_is_graphs_100_33() -> None:
+    error = proxy_error(unknown_object("999"), "t")["error"]
+    assert (error["code"], error["error_subcode"], error["type"]) == (
+        100,
+        33,
+        "GraphMethodException",
+    )
