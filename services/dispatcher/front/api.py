@@ -40,6 +40,7 @@ from schemas.decision import DecisionRecord, decision_to_wire
 from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
+from services.dispatcher.front.broadcasts import BroadcastFront
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
@@ -90,6 +91,7 @@ class DispatcherApi:
         wait_s: float,
         outcome_wait_s: float,
         ready: Callable[[], bool] = lambda: True,
+        broadcasts: BroadcastFront | None = None,
     ) -> None:
         self.rules = rules
         self.decisions = decisions
@@ -101,6 +103,7 @@ class DispatcherApi:
         self.wait_s = wait_s
         self.outcome_wait_s = outcome_wait_s
         self.ready = ready
+        self.broadcasts = broadcasts
 
     def app(self) -> web.Application:
         auth = cast(Middleware, bearer_middleware(self.api_tokens))
@@ -109,6 +112,14 @@ class DispatcherApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_get("/v1/decisions/{request_id}", self.get_decision)
+        if self.broadcasts is not None:  # DESIGN.md §4.6
+            b = self.broadcasts
+            app.router.add_post("/v1/broadcasts", b.create)
+            app.router.add_get("/v1/broadcasts", b.listing)
+            app.router.add_get("/v1/broadcasts/{broadcast_id}", b.status)
+            app.router.add_delete("/v1/broadcasts/{broadcast_id}", b.cancel)
+            app.router.add_post("/v1/broadcasts/{broadcast_id}/pause", b.pause)
+            app.router.add_post("/v1/broadcasts/{broadcast_id}/resume", b.resume)
         app.router.add_post("/{version}/me/messages", self.proxy)
         app.router.add_post("/{version}/{page_id}/messages", self.proxy)
         return app
