@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DecisionWatcher",
     "GatewayError",
+    "HttpError",
     "HttpGateway",
     "HttpReply",
     "KafkaGateway",
@@ -375,3 +376,66 @@ class HttpGateway:
             if polled is not None:
                 reply = polled
         return reply
+
+    # ---- broadcasts (DESIGN.md §4.6) ----------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
+        """One JSON call of the API; HttpError for an error status, None for 404."""
+        try:
+            async with self._http().request(
+                method, f"{self.base_url}{path}", json=body, params=params, headers=self.headers
+            ) as response:
+                answer = await response.json(content_type=None)
+                if response.status == 404:
+                    return None
+                if response.status >= 400 or not isinstance(answer, dict):
+                    raise HttpError(response.status, answer)
+                return answer
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise GatewayError(f"cannot reach windowgate at {self.base_url}: {exc}") from exc
+
+    async def _found(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        answer = await self._call(method, path, body)
+        if answer is None:
+            raise HttpError(404, {"error": "not_found", "detail": f"nothing at {path}"})
+        return cast(dict[str, Any], answer)
+
+    async def create_broadcast(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/broadcasts` (the body of DESIGN.md §4.6): 202 created, 200 the same spec
+        again, or the counts of a dry run; HttpError (with `field`) for a bad spec, 409 for an
+        id taken by another spec."""
+        return await self._found("POST", "/v1/broadcasts", spec)
+
+    async def broadcast(self, broadcast_id: str) -> dict[str, Any] | None:
+        """`GET /v1/broadcasts/{id}`: the status summed over the partitions; None if unknown."""
+        answer = await self._call("GET", f"/v1/broadcasts/{broadcast_id}")
+        return cast(dict[str, Any] | None, answer)
+
+    async def pause_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        """Answers once every partition has the pause command."""
+        return await self._found("POST", f"/v1/broadcasts/{broadcast_id}/pause")
+
+    async def resume_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        return await self._found("POST", f"/v1/broadcasts/{broadcast_id}/resume")
+
+    async def cancel_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        """`DELETE /v1/broadcasts/{id}`: no recipient is decided after this returns."""
+        return await self._found("DELETE", f"/v1/broadcasts/{broadcast_id}")
+
+    async def list_broadcasts(self, page_id: str | None = None) -> list[dict[str, Any]]:
+        """`GET /v1/broadcasts?page_id=`: newest first."""
+        params = {"page_id": page_id} if page_id else {}
+        answer = await self._call("GET", "/v1/broadcasts", None, **params)
+        items = answer.get("broadcasts") if isinstance(answer, dict) else None
+        return list(items) if isinstance(items, list) else []
+
+
+class HttpError(GatewayError):
+    """windowgate answered an error status; `body` is its JSON answer (`field` names the bad
+    input of a 400)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body: dict[str, Any] = body if isinstance(body, dict) else {"detail": body}
+        detail = self.body.get("detail") or self.body.get("error") or body
+        super().__init__(f"windowgate answered HTTP {status}: {detail}")

@@ -27,7 +27,7 @@ from services.dispatcher.front.broadcasts import (
 )
 from services.dispatcher.front.feeds import OutcomeWatcher
 from tests.unit.builders import PAGE, T0, H
-from windowgate.client import DecisionWatcher
+from windowgate.client import DecisionWatcher, HttpError, HttpGateway
 from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import load_rules
 from windowgate.core.timestamps import parse_iso_ms
@@ -431,3 +431,30 @@ async def test_nothing_is_answered_from_a_book_still_reading(front: Any) -> None
     assert answer.status == 503
     assert (await client.get("/v1/broadcasts/b1", headers=AUTH)).status == 503
     assert fakes.written == []
+
+
+# ---- the client library against these routes ----------------------------------------------
+
+
+async def test_the_http_gateway_drives_every_route(front: Any) -> None:
+    client, fakes, book = front
+    async with HttpGateway(str(client.make_url("")), API_TOKEN) as gateway:
+        dry = await gateway.create_broadcast(body(dry_run=True))
+        assert dry["audience"] == 3 and fakes.written == []
+        created = await gateway.create_broadcast(body())
+        assert created["created"] is True and fakes.written[-1].kind == "create"
+        with pytest.raises(HttpError) as caught:
+            await gateway.create_broadcast(body(page_id="999"))
+        assert (caught.value.status, caught.value.body["field"]) == (400, "page_id")
+        book.apply_progress("b1:0", progress(0, "running", audience=5, decided=1))
+        view = await gateway.broadcast("b1")
+        assert view is not None and (view["status"], view["audience"]) == ("running", 5)
+        assert await gateway.broadcast("nope") is None
+        assert (await gateway.pause_broadcast("b1"))["command"] == "pause"
+        assert (await gateway.resume_broadcast("b1"))["command"] == "resume"
+        assert (await gateway.cancel_broadcast("b1"))["command"] == "cancel"
+        assert [k.kind for k in fakes.written] == ["create", "pause", "resume", "cancel"]
+        assert [b["broadcast_id"] for b in await gateway.list_broadcasts(PAGE)] == ["b1"]
+        with pytest.raises(HttpError) as missing:
+            await gateway.pause_broadcast("nope")
+        assert missing.value.status == 404
