@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.broadcast import BroadcastCommand, BroadcastProgress, BroadcastSpec
@@ -19,6 +20,7 @@ from services.dispatcher.front.broadcasts import (
     BroadcastBook,
     BroadcastFront,
     DryRunFailed,
+    WindowDryRun,
     combined_status,
     implied_status,
     message_problem,
@@ -458,3 +460,46 @@ async def test_the_http_gateway_drives_every_route(front: Any) -> None:
         with pytest.raises(HttpError) as missing:
             await gateway.pause_broadcast("nope")
         assert missing.value.status == 404
+
+
+# ---- the window's dry-run endpoint, as the front calls it ----------------------------------
+
+
+async def test_the_dry_run_client_reads_the_windows_answers() -> None:
+    answers: list[tuple[int, bytes]] = []
+    seen: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer tok"
+        seen.append(await request.json())
+        status, raw = answers.pop(0)
+        return web.Response(status=status, body=raw, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/internal/broadcasts/dry-run", handler)
+    async with TestServer(app) as server:
+        dry_run = WindowDryRun(str(server.make_url("")), "tok", timeout_s=5)
+        try:
+            spec = parse(body())
+            answers.append((200, b'{"audience": 2, "by_mechanism": {"OTN": 2}, "refused": {}}'))
+            assert (await dry_run(spec))["audience"] == 2
+            assert seen[0]["broadcast_id"] == "b1" and seen[0]["audience"]["topic"] == "restock"
+            for status, raw, expected in [
+                (404, b"404: Not Found", 503),  # a window without the endpoint (yet)
+                (200, b'{"audience": "many"}', 503),
+                (400, b'{"field": "audience.topic", "detail": "x"}', 400),
+            ]:
+                answers.append((status, raw))
+                with pytest.raises(DryRunFailed) as failed:
+                    await dry_run(spec)
+                assert failed.value.status == expected, failed.value.body
+            assert failed.value.body["field"] == "audience.topic"
+        finally:
+            await dry_run.close()
+    nobody = WindowDryRun("http://127.0.0.1:1", None, timeout_s=5)
+    try:
+        with pytest.raises(DryRunFailed) as away:
+            await nobody(parse(body()))
+        assert away.value.status == 503
+    finally:
+        await nobody.close()

@@ -497,21 +497,24 @@ class WindowDryRun:
             async with self._session.post(
                 self.url, json=to_wire(spec), headers=self.headers
             ) as answer:
-                body = await answer.json(content_type=None)
-                status = answer.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                status, raw = answer.status, await answer.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise DryRunFailed(
-                503, {"error": "unavailable", "detail": f"the window at {self.url}: {exc}"}
+                503, {"error": "unavailable", "detail": f"the window at {self.url}: {exc!r}"}
             ) from exc
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
         if status == 400 and isinstance(body, dict):
             raise DryRunFailed(400, {"error": "invalid_request", **body})
         if status != 200 or not valid_dry_run(body):
             detail = (
-                "the window service has no dry-run endpoint"
+                "the window service has no dry-run endpoint (yet)"
                 if status in (404, 405)
-                else f"the window answered HTTP {status}"
+                else f"the window answered HTTP {status} without the counts"
             )
-            raise DryRunFailed(503, {"error": "unavailable", "detail": f"{detail} ({self.url})"})
+            raise DryRunFailed(503, {"error": "unavailable", "detail": f"{detail}: {self.url}"})
         return cast(dict[str, Any], body)
 
 
