@@ -148,9 +148,12 @@ class DispatcherService:
         await book.start()
         stack.push_async_callback(book.stop)
         instance = config.instance_id or uuid.uuid4().hex[:12]
-        producer = fencing_producer(config.bootstrap, f"{config.group}-broadcasts-{instance}")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        transactional_id = f"{config.group}-broadcasts-{instance}"
+        writer = CommandWriter(
+            lambda: fencing_producer(config.bootstrap, transactional_id),
+            self.topics.broadcast_commands,
+        )
+        stack.push_async_callback(writer.close)
         dry_run = WindowDryRun(
             config.window_url, config.api_tokens[0] if config.api_tokens else None, config.wait_s
         )
@@ -158,7 +161,7 @@ class DispatcherService:
         rules = self.rules
         return BroadcastFront(
             book=book,
-            write=CommandWriter(producer, self.topics.broadcast_commands),
+            write=writer,
             dry_run=dry_run,
             pages=lambda: rules.pages,
             partitions=config.partitions,

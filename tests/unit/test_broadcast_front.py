@@ -19,6 +19,7 @@ from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.broadcasts import (
     BroadcastBook,
     BroadcastFront,
+    CommandWriter,
     DryRunFailed,
     WindowDryRun,
     combined_status,
@@ -503,3 +504,58 @@ async def test_the_dry_run_client_reads_the_windows_answers() -> None:
         assert away.value.status == 503
     finally:
         await nobody.close()
+
+
+class FakeProducer:
+    """The parts of a transactional producer the writer uses; `fail` breaks the next send."""
+
+    def __init__(self, log: list[str], fail: bool) -> None:
+        self.log = log
+        self.fail = fail
+        self.sent: list[tuple[int, bytes]] = []
+
+    async def start(self) -> None:
+        self.log.append("start")
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def transaction(self) -> Any:
+        producer = self
+
+        class Transaction:
+            async def __aenter__(self) -> None:
+                producer.log.append("begin")
+
+            async def __aexit__(self, kind: Any, *_: Any) -> None:
+                producer.log.append("abort" if kind else "commit")
+
+        return Transaction()
+
+    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int) -> None:
+        if self.fail:
+            raise ConnectionError("the broker went away")
+        self.sent.append((partition, key))
+
+
+async def test_the_writer_puts_a_command_on_every_partition_and_replaces_a_broken_producer() -> (
+    None
+):
+    log: list[str] = []
+    made: list[FakeProducer] = []
+
+    def make() -> Any:
+        made.append(FakeProducer(log, fail=not made))  # the first one breaks
+        return made[-1]
+
+    writer = CommandWriter(make, "t.broadcast-commands")
+    command = BroadcastCommand(kind="pause", broadcast_id="b1", page_id=PAGE, at=1)
+    with pytest.raises(ConnectionError):
+        await writer(command)
+    assert await writer(command) == 3
+    assert made[1].sent == [(0, b"b1"), (1, b"b1"), (2, b"b1")]
+    assert log == ["start", "begin", "abort", "stop", "start", "begin", "commit"]
+    await writer.close()

@@ -21,6 +21,7 @@ not reported yet counts as the last command implies (`implied_status`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -443,21 +444,42 @@ async def ensure_broadcast_topics(bootstrap: str, topics: Topics, partitions: in
 
 class CommandWriter:
     """Writes a command to every partition of the commands topic in one transaction (acks=all):
-    all partitions get it or none does. One transaction at a time per producer."""
+    all partitions get it or none does. One transaction at a time. A producer whose write failed
+    or was interrupted (a timeout mid-transaction) is dropped and the next write starts a fresh
+    one with the same transactional id, which aborts whatever the old one left open."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self.producer = producer
+    def __init__(self, make_producer: Callable[[], AIOKafkaProducer], topic: str) -> None:
+        self.make_producer = make_producer
         self.topic = topic
+        self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+
+    async def _ready(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self.make_producer()
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
     async def __call__(self, command: BroadcastCommand) -> int:
         value = encode_command(command)
         key = command.broadcast_id.encode()
         async with self._lock:
-            partitions = sorted(await self.producer.partitions_for(self.topic))
-            async with self.producer.transaction():
-                for partition in partitions:
-                    await self.producer.send(self.topic, value, key=key, partition=partition)
+            try:
+                producer = await self._ready()
+                partitions = sorted(await producer.partitions_for(self.topic))
+                async with producer.transaction():
+                    for partition in partitions:
+                        await producer.send(self.topic, value, key=key, partition=partition)
+            except BaseException:
+                await asyncio.shield(self.close())
+                raise
         return len(partitions)
 
 
