@@ -541,9 +541,7 @@ class FakeProducer:
         self.sent.append((partition, key))
 
 
-async def test_the_writer_puts_a_command_on_every_partition_and_replaces_a_broken_producer() -> (
-    None
-):
+async def test_the_writer_writes_every_partition_and_replaces_a_broken_producer() -> None:
     log: list[str] = []
     made: list[FakeProducer] = []
 
