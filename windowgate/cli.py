@@ -670,7 +670,9 @@ async def _create(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> i
         answer = await api.create_broadcast(_spec_from_args(args))
     except HttpError as exc:
         if exc.status == 400 and exc.body.get("field"):
-            raise InputError(str(exc.body["field"]), str(exc.body.get("detail"))) from None
+            where = str(exc.body["field"])
+            detail = str(exc.body.get("detail")).removeprefix(f"{where}: ")  # named once
+            raise InputError(where, detail) from None
         raise
     if args.json:
         _write_json(answer, out)

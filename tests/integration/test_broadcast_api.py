@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -35,6 +37,7 @@ from tests.integration.dispatcher_kit import (
     create_topics,
     rules,
 )
+from windowgate.cli import main
 
 PARTITIONS = 3
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -276,3 +279,32 @@ async def test_a_restarted_front_knows_the_broadcasts_from_the_topics(front: Fro
             f"{url}/v1/broadcasts", json=spec(bid, purpose="auto"), headers=AUTH
         ) as answer:
             assert answer.status == 409
+
+
+async def test_the_cli_through_the_real_front(
+    front: Front, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`windowgate broadcast` as an operator types it (in a thread: it runs its own loop)."""
+    bid = unique_name("cli")
+    base = ["--url", front.url, "--token", API_TOKEN]
+    create = ["broadcast", "create", "--id", bid, "--page", PAGE_EU, "--text", "Back in stock"]
+    create += ["--purpose", "otn", "--topic", "restock", *base]
+    assert await asyncio.to_thread(main, create) == 0
+    assert f"broadcast {bid} created" in capsys.readouterr().out
+    commands = await front.commands(bid, PARTITIONS)
+    assert all(c[0].kind == "create" for c in commands.values())
+    await front.progress(*(progress(bid, n, "done", audience=1, decided=1) for n in range(3)))
+
+    async def finished() -> bool:
+        code = await asyncio.to_thread(main, ["broadcast", "status", bid, "--json", *base])
+        return code == 0 and orjson.loads(capsys.readouterr().out)["status"] == "done"
+
+    await until_async(finished, "the broadcast done through the CLI")
+    follow = ["broadcast", "status", bid, "--follow", "--every", "0.1", *base]
+    assert await asyncio.to_thread(main, follow) == 0
+    assert "[" + "#" * 30 + "] 100%  3/3 decided" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["broadcast", "cancel", bid, *base]) == 0
+    assert f"cancel of {bid} written to {PARTITIONS} partitions" in capsys.readouterr().out
+    bad = ["broadcast", "create", "--page", "999", "--text", "x", "--topic", "t", *base]
+    assert await asyncio.to_thread(main, bad) == 2
+    assert "windowgate: page_id: unknown page '999'" in capsys.readouterr().err
