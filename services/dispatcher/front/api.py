@@ -17,6 +17,8 @@ outcome from the dispatch log. This process only waits for them.
 - `POST /{version}/me/messages`, `POST /{version}/{page_id}/messages`: Meta's own body and the
   page's own access token; allowed → Meta's answer to the forwarded call, refused → Meta's error.
   windowgate's own extensions are `X-Windowgate-*` headers; an unknown one is a 400 naming it.
+- `/v1/broadcasts` (create, list), `/v1/broadcasts/{id}` (status, DELETE = cancel),
+  `.../pause`, `.../resume`: `front/broadcasts.py` (DESIGN.md §4.6).
 """
 
 from __future__ import annotations
