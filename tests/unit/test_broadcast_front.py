@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.broadcast import BroadcastCommand, BroadcastProgress, BroadcastSpec
 from schemas.codec import SchemaError
+from schemas.request import SendRequest
 from schemas.topics import Topics
 from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.broadcasts import (
@@ -271,6 +272,10 @@ class Fakes:
         return {"audience": 3, "by_mechanism": {"OTN": 2}, "refused": {"token_expired": 1}}
 
 
+async def no_messages(request: SendRequest) -> None:
+    raise AssertionError(f"a broadcast route published a message: {request}")
+
+
 @pytest.fixture
 async def front() -> AsyncIterator[tuple[TestClient[Any, Any], Fakes, BroadcastBook]]:
     rules = load_rules(None, PAGES)
@@ -291,7 +296,7 @@ async def front() -> AsyncIterator[tuple[TestClient[Any, Any], Fakes, BroadcastB
         decisions=DecisionWatcher("unused:9092", Topics("t."), recent=10),
         outcomes=OutcomeWatcher("unused:9092", "t.dispatch-log", recent=10),
         tokens=None,
-        publish=fakes.write,  # type: ignore[arg-type]  # no message is sent here
+        publish=no_messages,
         clock=lambda: NOW,
         api_tokens=(API_TOKEN,),
         wait_s=0.5,
