@@ -803,10 +803,13 @@ def _add_broadcast(commands: Any) -> None:
     create.add_argument("--message", metavar="JSON", help="Graph's message object instead")
     create.add_argument("--purpose", help="auto (default), otn, recurring, response, ...")
     create.add_argument("--topic", help="audience: holders of a token on this topic")
-    create.add_argument("--label-all", dest="labels_all", action="append", metavar="LABEL")
-    create.add_argument("--label-any", dest="labels_any", action="append", metavar="LABEL")
-    create.add_argument("--label-none", dest="labels_none", action="append", metavar="LABEL")
-    create.add_argument("--user", dest="users", action="append", metavar="USER_ID")
+    for flag, name, text in (
+        ("--label-all", "labels_all", "audience: users with this label (repeat: with all)"),
+        ("--label-any", "labels_any", "audience: users with this label (repeat: any of them)"),
+        ("--label-none", "labels_none", "audience: users without this label (repeatable)"),
+        ("--user", "users", "audience: this user (repeatable; the page-scoped id)"),
+    ):
+        create.add_argument(flag, dest=name, action="append", metavar=name.upper(), help=text)
     create.add_argument("--not-before", metavar="ISO8601", help="start no earlier than this")
     create.add_argument("--dry-run", action="store_true", help="count; reserve and send nothing")
     status = leaf("status", "the status summed over the partitions")
