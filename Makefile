@@ -30,6 +30,7 @@ bench: install
 	$(PY) -m bench.ingest
 	$(PY) -m bench.window
 	$(PY) -m bench.dispatcher
+	$(PY) -m bench.dispatcher --part broadcast
 	$(PY) -m bench.report
 
 bench-quick: install
@@ -37,6 +38,7 @@ bench-quick: install
 	$(PY) -m bench.ingest --quick
 	$(PY) -m bench.window --quick
 	$(PY) -m bench.dispatcher --quick
+	$(PY) -m bench.dispatcher --part broadcast --quick
 	$(PY) -m bench.report
 
 ## The window worker's cost at 10 k, 100 k and 1 M users, and 2 workers beside one (~10 min).

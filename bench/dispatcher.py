@@ -14,6 +14,16 @@ broadcast at Meta's rate limit with its count of double-used tokens.
    Meta's 300 calls/s per page and answers 613 above it. Printed: the time, the rate per page, the
    busiest second per page, 613s, and tokens used in more than one call (must be 0).
 
+3. `--part broadcast` (its own result, `broadcast-*.json`): one broadcast of R recipients on ONE
+   page at Meta's 300 calls/s — every recipient on the topic's list, a fifth of them inside the
+   24 h window (RESPONSE, the token kept), the rest by their one-time token — each decided by the
+   pure core under its recipient request id (`bc:<broadcast>:<user>`) and written to `decisions`
+   as the window's fan-out writes them (the fan-out itself is the window's bench), delivered by
+   one dispatcher process to a Graph stand-in in this process that allows 300 calls/s (613
+   above). Printed: the time against the ideal R / 300 s, the rate as a share of the limit
+   (target ≥ 0.9), tokens used in more than one call and users messaged more than once (both
+   must be 0, counted from the stand-in's own record of every call), users never messaged.
+
 The broker is KAFKA_BOOTSTRAP_SERVERS, else a LocalKafka started (and stopped) here. Nothing is
 asserted about speed.
 """
@@ -29,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +52,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from bench.results import Figure, cpu_model, print_table, shown, write_results
 from devtools.devbroker import LocalKafka, free_port, unique_name
+from devtools.graph_standin import GraphStandIn
+from schemas.broadcast import recipient_request_id
 from schemas.decision import DecisionRecord, encode_decision_record
 from schemas.events import MessageReceived, OtnOptin
 from schemas.request import SendRequest
@@ -77,6 +90,11 @@ class Sizes:
 
 FULL = Sizes(decisions=40_000, broadcast=100_000, pages=8)
 QUICK = Sizes(decisions=4_000, broadcast=3_000, pages=2)
+ONE_PAGE_FULL = 100_000
+ONE_PAGE_QUICK = 6_000
+"""Recipients of part 3's broadcast on one page (ideal times 333 s and 20 s at 300/s)."""
+IN_WINDOW_SHARE = 5
+"""One recipient in this many wrote within the day: RESPONSE, the OTN token kept."""
 
 
 def page_ids(count: int) -> list[str]:
@@ -518,6 +536,175 @@ async def measure(bootstrap: str, sizes: Sizes) -> tuple[list[Figure], dict[str,
     return figures, inputs
 
 
+# ---- part 3: one broadcast on one page at Meta's rate ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipients:
+    decisions: list[bytes]
+    user_of_token: dict[str, str]
+    mechanisms: dict[str, int]
+
+
+def broadcast_decisions(count: int, book: RuleBook, page: str, broadcast_id: str) -> Recipients:
+    """What the window's fan-out writes for a broadcast (purpose auto, audience topic `restock`)
+    to `count` users who all opted in to the topic, a fifth of whom also wrote an hour ago."""
+    now = now_ms()
+    out: list[bytes] = []
+    user_of_token: dict[str, str] = {}
+    mechanisms: dict[str, int] = {}
+    for i in range(count):
+        user = str(4_000_000_000_000_000 + i)
+        token = f"otn-bc-{i:09d}"
+        user_of_token[token] = user
+        state = fold(
+            UserState(page_id=page, user_id=user),
+            OtnOptin(
+                page_id=page, user_id=user, timestamp=now - 2 * HOUR, token=token, topic="restock"
+            ),
+        )
+        if i % IN_WINDOW_SHARE == 0:
+            state = fold(
+                state,
+                MessageReceived(page_id=page, user_id=user, timestamp=now - HOUR, mid=f"bm{i}"),
+            )
+        request = SendRequest(
+            request_id=recipient_request_id(broadcast_id, user),
+            page_id=page,
+            user_id=user,
+            topic="restock",
+            message={"text": "Your size is back in stock"},
+        )
+        decision = decide(state, request, now, book)
+        assert decision.allowed, decision.detail
+        mechanism = str(decision.mechanism)
+        mechanisms[mechanism] = mechanisms.get(mechanism, 0) + 1
+        out.append(encode_decision_record(DecisionRecord(decision, request.message)))
+    return Recipients(out, user_of_token, mechanisms)
+
+
+def messaged(standin: GraphStandIn, user_of_token: dict[str, str]) -> Counter[str]:
+    """Calls Meta may have delivered, per user: by recipient id, or by the token's owner."""
+    per_user: Counter[str] = Counter()
+    for call in standin.calls:
+        if not call.delivered_maybe:
+            continue
+        token = call.token
+        user = user_of_token.get(token) if token else call.recipient.get("id")
+        per_user[str(user)] += 1
+    return per_user
+
+
+async def broadcast_one_page(
+    bootstrap: str, recipients: int
+) -> tuple[list[Figure], dict[str, Any]]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-broadcast-"))
+    run = Run(bootstrap, workdir)
+    [page] = page_ids(1)
+    pages = pages_json([page])
+    book = load_rules(None, parse_pages(pages))
+    broadcast_id = unique_name("bench")
+    print(
+        f"bench.dispatcher broadcast: {os.cpu_count()} CPUs ({cpu_model()}), broker {bootstrap}, "
+        f"{PARTITIONS} partitions; {recipients:,} recipients on one page at {META_RATE:.0f}/s"
+    )
+    print(
+        "   (the window's fan-out is not driven here: its decisions are written to `decisions` "
+        "as the fan-out writes them, then delivered by the real dispatcher)"
+    )
+    made = broadcast_decisions(recipients, book, page, broadcast_id)
+    prefix = await run.prepare("broadcast1", made.decisions, [page])
+    standin = GraphStandIn({page: f"token-{page}"}, rate_per_page=META_RATE)
+    url = await standin.start()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "WINDOWGATE_TOPIC_PREFIX": prefix,
+        "WINDOWGATE_PARTITIONS": str(PARTITIONS),
+        "GRAPH_API_URL": url,
+        "WINDOWGATE_PAGES": str(workdir / "broadcast1-pages.json"),
+        "DISPATCHER_ROLE": "worker",
+        "DISPATCHER_GRAPH_TIMEOUT_S": "30",
+        "DISPATCHER_RATE_TEXT": str(META_RATE),
+    }
+    try:
+        with process(
+            [sys.executable, "-m", "services.dispatcher"], env, workdir / "broadcast1.log"
+        ):
+            started = time.monotonic()
+            stamps = await output_stamps(
+                bootstrap, f"{prefix}dispatch-log", recipients, done_at, deadline_s=3 * 3600
+            )
+            elapsed = time.monotonic() - started
+    finally:
+        await standin.stop()
+    per_user = messaged(standin, made.user_of_token)
+    users = {str(4_000_000_000_000_000 + i) for i in range(recipients)}
+    twice = sum(1 for n in per_user.values() if n > 1)
+    never = len(users - set(per_user))
+    tokens_twice = len(standin.double_used_tokens())
+    stats = standin.stats()
+    sent = stats["outcomes"].get("ok", 0)
+    span = (stats["last_at"] - stats["first_at"]) if stats["calls"] else 0.0
+    ideal = recipients / META_RATE
+    rate = sent / span if span else 0.0
+    share = rate / META_RATE
+    busiest = max(stats["busiest_second"].values(), default=0)
+    print()
+    print(
+        f"3. broadcast {broadcast_id}: {recipients:,} recipients on one page, "
+        f"decided {made.mechanisms}"
+    )
+    print(
+        f"   {len(stamps):,} outcomes; {sent:,} sent over {span:.1f} s (ideal at "
+        f"{META_RATE:.0f}/s: {ideal:.1f} s) = {rate:,.1f} calls/s = {share:.3f} x the limit "
+        f"(target >= 0.9); {elapsed:.1f} s from the dispatcher's start to the last outcome"
+    )
+    print(f"   stand-in answers: {stats['outcomes']}; busiest second: {busiest} calls")
+    print(
+        f"   tokens used in more than one call: {tokens_twice}; users messaged more than once: "
+        f"{twice}; users never messaged: {never}  (all must be 0)"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    figure = Figure(
+        f"broadcast: {recipients:,} recipients, one page, calls/s",
+        rate,
+        "calls/s",
+        f"Meta's limit: {META_RATE:,.0f}/s (ideal {ideal:,.0f} s)",
+        META_RATE,
+        "≥ 0.9x the limit; 0 tokens twice, 0 users twice, 0 never",
+        share >= 0.9 and tokens_twice == 0 and twice == 0 and never == 0,
+        {
+            "seconds_calls": span,
+            "seconds_ideal": ideal,
+            "seconds_to_last_outcome": elapsed,
+            "sent": sent,
+            "answers": stats["outcomes"],
+            "busiest_second": busiest,
+            "double_used_tokens": tokens_twice,
+            "users_messaged_twice": twice,
+            "users_never_messaged": never,
+            "mechanisms": made.mechanisms,
+            "fan_out": "decisions written by the bench (the window's fan-out not driven)",
+        },
+    )
+    print()
+    print_table([figure])
+    inputs = {"recipients": recipients, "pages": 1, "partitions": PARTITIONS, "rate": META_RATE}
+    return [figure], inputs
+
+
+async def run_broadcast(quick: bool, recipients: int | None = None) -> None:
+    recipients = recipients or (ONE_PAGE_QUICK if quick else ONE_PAGE_FULL)
+    began = datetime.now(UTC)
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        figures, inputs = await broadcast_one_page(given, recipients)
+    else:
+        with LocalKafka() as kafka:
+            figures, inputs = await broadcast_one_page(kafka.bootstrap, recipients)
+    print(f"written: {shown(write_results('broadcast', figures, quick, inputs, began))}")
+
+
 async def run(quick: bool) -> None:
     sizes = QUICK if quick else FULL
     began = datetime.now(UTC)
@@ -535,8 +722,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.dispatcher", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    parser.add_argument(
+        "--part",
+        choices=("throughput", "broadcast"),
+        default="throughput",
+        help="throughput: parts 1 and 2 (default); broadcast: part 3, one page at 300/s",
+    )
+    parser.add_argument(
+        "--recipients", type=int, help="part 3: this many recipients instead (a smoke run)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.quick))
+    if args.part == "broadcast":
+        asyncio.run(run_broadcast(args.quick, args.recipients))
+    else:
+        asyncio.run(run(args.quick))
     return 0
 
 

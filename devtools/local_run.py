@@ -11,6 +11,12 @@ service, the pages file, the window's data and the broker it started (`kafka/`).
 (INGEST_PORT, WINDOW_PORT, DISPATCHER_PORT, GRAPH_STANDIN_PORT, and WINDOWGATE_KAFKA_PORT /
 WINDOWGATE_KAFKA_CONTROLLER_PORT for a broker it starts) are checked before anything starts.
 
+The simulated users also opt in to OTN topics (the lists grow) and get labels (through the label
+API `PUT /v1/pages/{p}/users/{u}/labels/{label}` where the gateway has it, else as LabelAdded
+events on the events topic, which the window folds the same way); after `--broadcast-after`
+seconds the run dry-runs and starts two broadcasts (a topic's token holders, a label) and the
+summary shows them progressing.
+
 With real credentials (META_APP_SECRET, META_VERIFY_TOKEN, GRAPH_API_URL, WINDOWGATE_PAGES) run the
 services themselves (`python -m services.ingest`, `python -m services.window worker`,
 `python -m services.dispatcher`) instead: this script is for seeing it work without Meta.
@@ -33,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +47,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+from schemas.events import LabelAdded, encode_event
 from services.common.runtime import now_ms
 from services.common.settings import Settings, SettingsError, env_whole
 from services.ingest.config import DEMO_APP_SECRET
 from services.ingest.signature import sign
+from windowgate.cli import progress_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAPH_STANDIN_MODULE = "devtools.graph_standin"
@@ -55,6 +63,24 @@ PAGES = {
     "542998526103632": {"access_token": "page-token-books", "region": "FR"},
 }
 TOPICS = ["back-in-stock", "price-drop"]
+LABELS = ["vip", "white-wine", "red-wine"]
+LABEL_SHARE = 0.3
+"""The share of the users who write that the page labels (by what they wrote about)."""
+BROADCASTS = [
+    {
+        "broadcast_id": "run-restock",
+        "purpose": "auto",
+        "message": {"text": "Your size is back in stock"},
+        "audience": {"topic": "back-in-stock"},
+    },
+    {
+        "broadcast_id": "run-vip",
+        "purpose": "auto",
+        "message": {"text": "A tasting for our VIPs on Friday"},
+        "audience": {"labels_any": ["vip"], "labels_none": ["red-wine"]},
+    },
+]
+"""What `make run` broadcasts on TRY_PAGE after --broadcast-after seconds."""
 TRY_PAGE = "682498171943165"
 TRY_USER = "1000000000000001"
 """A user who writes to TRY_PAGE as the run starts, so the printed curl finds the window open."""
@@ -434,13 +460,22 @@ def webhook(page: str, element: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
 class Simulator:
     """Users who write, opt in to OTN topics and go quiet; services that ask to message them."""
 
-    def __init__(self, ingest: str, dispatcher: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        ingest: str,
+        dispatcher: str,
+        rng: random.Random,
+        label_events: Callable[[LabelAdded], Awaitable[None]] | None = None,
+    ) -> None:
         self.ingest = ingest
         self.dispatcher = dispatcher
         self.rng = rng
+        self.label_events = label_events
+        self.label_api: bool | None = None  # unknown until the first label is put
         self.users: dict[str, list[str]] = {page: [] for page in PAGES}
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
+        self.broadcasts: dict[str, str] = {}  # broadcast_id → what it was started with
         self.sequence = 0
 
     def _element(self, page: str, user: str, ts: int) -> dict[str, Any]:
@@ -478,6 +513,87 @@ class Simulator:
         age_ms = self.rng.choice([0, 0, 30 * 3_600_000])
         status = await self.post(session, page, self._element(page, user, now_ms() - age_ms))
         self.counts[f"webhooks {status}"] += 1
+        if self.rng.random() < LABEL_SHARE:
+            await self.label(session, page, user, self.rng.choice(LABELS))
+
+    async def label(self, session: aiohttp.ClientSession, page: str, user: str, label: str) -> None:
+        """Put `label` on the user: the label API when the gateway has it, else the event."""
+        if self.label_api is not False:
+            url = f"{self.dispatcher}/v1/pages/{page}/users/{user}/labels/{label}"
+            headers = {"Authorization": f"Bearer {API_TOKEN}"}
+            async with session.put(url, headers=headers) as answer:
+                if answer.status < 300:
+                    self.label_api = True
+                    self.counts["labels (API)"] += 1
+                    return
+                if answer.status not in (404, 405):
+                    self.counts[f"labels {answer.status}"] += 1
+                    return
+                self.label_api = False  # not there yet: the events way from now on
+        if self.label_events is not None:
+            self.sequence += 1
+            event = LabelAdded(
+                page_id=page,
+                user_id=user,
+                timestamp=now_ms(),
+                label=label,
+                source="make-run",
+                dedup_key=f"label:run:{self.sequence}",
+            )
+            await self.label_events(event)
+            self.counts["labels (events)"] += 1
+
+    async def start_broadcasts(self, session: aiohttp.ClientSession) -> list[str]:
+        """Dry-run, then start, each of BROADCASTS on TRY_PAGE; one line per step."""
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        said: list[str] = []
+        for spec in BROADCASTS:
+            body = {**spec, "page_id": TRY_PAGE}
+            broadcast_id = str(spec["broadcast_id"])
+            async with session.post(
+                f"{self.dispatcher}/v1/broadcasts",
+                json={**body, "dry_run": True},
+                headers=headers,
+            ) as answer:
+                dry = await answer.json(content_type=None)
+            if answer.status == 200:
+                said.append(
+                    f"dry run of {broadcast_id}: {dry.get('audience')} recipients, would send "
+                    f"{dry.get('by_mechanism')}, refused {dry.get('refused')}"
+                )
+            else:
+                said.append(f"dry run of {broadcast_id}: {answer.status} {dry.get('detail')}")
+            async with session.post(
+                f"{self.dispatcher}/v1/broadcasts", json=body, headers=headers
+            ) as answer:
+                created = await answer.json(content_type=None)
+            if answer.status in (200, 202):
+                self.broadcasts[broadcast_id] = orjson.dumps(spec["audience"]).decode()
+                said.append(
+                    f"broadcast {broadcast_id} to {self.broadcasts[broadcast_id]} started; "
+                    f"follow it: windowgate broadcast status {broadcast_id} --follow "
+                    f"--url {self.dispatcher} --token {API_TOKEN}"
+                )
+            else:
+                said.append(f"broadcast {broadcast_id}: {answer.status} {created.get('detail')}")
+        return said
+
+    async def broadcast_lines(self, session: aiohttp.ClientSession) -> list[str]:
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        lines = []
+        for broadcast_id, audience in self.broadcasts.items():
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with session.get(
+                    f"{self.dispatcher}/v1/broadcasts/{broadcast_id}", headers=headers
+                ) as answer:
+                    view = await answer.json(content_type=None)
+                if answer.status == 200 and isinstance(view, dict):
+                    reported = view.get("partitions", {}).get("reported", 0)
+                    lines.append(
+                        f"  broadcast {broadcast_id} {audience}: {progress_line(view, 20)}"
+                        + ("" if reported else " (no window partition has reported yet)")
+                    )
+        return lines
 
     async def send_request(self, session: aiohttp.ClientSession) -> None:
         page = self.rng.choice(list(PAGES))
@@ -503,9 +619,30 @@ class Simulator:
             self.reasons[f"{verdict} {body.get('mechanism') or '-'} {body['reason']}"] += 1
 
 
+class LabelWriter:
+    """LabelAdded events straight onto the events topic (keyed like ingest's), for a gateway
+    without the label API: the window folds them like the API's own."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from services.common.kafka import durable_producer
+
+        self.topic = topic
+        self.producer = durable_producer(bootstrap)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def publish(self, event: LabelAdded) -> None:
+        await self.producer.send_and_wait(self.topic, encode_event(event), key=event.key.encode())
+
+
 async def summary(
     session: aiohttp.ClientSession, sim: Simulator, standin: str, started: float
 ) -> str:
+    """The counts of the traffic, the decisions, the Graph calls and each broadcast's progress."""
     stats: dict[str, Any] = {}
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
         async with session.get(f"{standin}/_standin/stats") as answer:
@@ -517,6 +654,7 @@ async def summary(
         + (", ".join(f"{k} ×{v}" for k, v in sim.reasons.most_common(6)) or "none yet"),
         f"  Graph stand-in: {stats.get('calls', 0)} calls, double-used tokens: "
         f"{stats.get('double_used_tokens', 0)}",
+        *await sim.broadcast_lines(session),
     ]
     return "\n".join(lines)
 
@@ -680,7 +818,11 @@ async def serve(args: argparse.Namespace, current: Run) -> None:
             print(f"  {child.name:<14} {urls[child.name]}", flush=True)
 
         await asyncio.gather(*(up(c, s[3]) for c, s in zip(children, specs, strict=True)))
-        sim = Simulator(urls["ingest"], urls["dispatcher"], random.Random(args.seed))
+        labels = LabelWriter(bootstrap, f"{current.prefix}events")
+        await labels.start()
+        sim = Simulator(
+            urls["ingest"], urls["dispatcher"], random.Random(args.seed), labels.publish
+        )
         opener = {"sender": {"id": TRY_USER}, "recipient": {"id": TRY_PAGE}, "timestamp": now_ms()}
         opener["message"] = {"mid": "m_run_try", "text": "Hi, is my order on its way?"}
         status = await sim.post(session, TRY_PAGE, opener)
@@ -696,8 +838,12 @@ async def serve(args: argparse.Namespace, current: Run) -> None:
         )
         started = time.monotonic()
         next_summary = started + args.every
+        broadcast_at = started + args.broadcast_after if args.broadcast_after > 0 else None
         try:
             while not args.duration or time.monotonic() - started < args.duration:
+                if broadcast_at is not None and time.monotonic() >= broadcast_at:
+                    broadcast_at = None
+                    print("\n".join(await sim.start_broadcasts(session)), flush=True)
                 for child in children:
                     child.check()
                 await asyncio.gather(*(sim.post_webhook(session) for _ in range(args.rate)))
@@ -712,6 +858,8 @@ async def serve(args: argparse.Namespace, current: Run) -> None:
             if time.monotonic() - started > 1.0:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     print(await summary(session, sim, urls["graph-standin"], started), flush=True)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await labels.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -720,6 +868,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between summaries")
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--broadcast-after",
+        type=float,
+        default=30.0,
+        help="seconds of traffic before the two broadcasts start (0: none)",
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",

@@ -3,6 +3,7 @@
     windowgate decide --webhooks FILE --request FILE [--now ISO8601] [--rules FILE] [--pages FILE]
     windowgate rules [--at DATE] [--json]
     windowgate rules diff FROM TO [--json]
+    windowgate broadcast create|status|pause|resume|cancel|list ...   (the HTTP API, DESIGN.md §4.6)
 
 `decide` is the offline gateway: no broker, no services, the same pure core they use. Here, at the
 edge, the wall clock is read (the default of `--now` and `--at`) and handed to the core, which
@@ -13,13 +14,14 @@ refused decisions are answers, not errors (exit 0).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 import orjson
 
@@ -27,6 +29,7 @@ from schemas.codec import SchemaError
 from schemas.decision import encode_decision
 from schemas.events import Event
 from schemas.request import SendRequest, request_from_wire
+from windowgate.client import GatewayError, HttpError, HttpGateway
 from windowgate.core.pages import load_pages
 from windowgate.core.rulebook import Rule, RuleBook, load_rules
 from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
@@ -35,6 +38,7 @@ from windowgate.offline import OfflineGateway
 PROG = "windowgate"
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class InputError(Exception):
@@ -493,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a rules file instead of the packaged one",
     )
     diff.set_defaults(handler=_cmd_rules_diff)
+    _add_broadcast(commands)
     return parser
 
 
@@ -525,9 +530,297 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return EXIT_USAGE
+    except GatewayError as exc:  # the gateway said no, or could not be reached
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_FAILED
     except BrokenPipeError:  # `windowgate rules | head`: the reader left, which is fine
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# ---- windowgate broadcast (the HTTP API of a running gateway) ------------------------------------
+
+DEFAULT_URL = "http://127.0.0.1:8082"
+URL_VARIABLE = "WINDOWGATE_URL"
+TOKEN_VARIABLE = "WINDOWGATE_API_TOKEN"
+BAR_WIDTH = 30
+
+
+class BroadcastApi(Protocol):
+    """What the broadcast commands need of a gateway: `HttpGateway`, or a fake in the tests."""
+
+    async def create_broadcast(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+    async def broadcast(self, broadcast_id: str) -> dict[str, Any] | None: ...
+    async def pause_broadcast(self, broadcast_id: str) -> dict[str, Any]: ...
+    async def resume_broadcast(self, broadcast_id: str) -> dict[str, Any]: ...
+    async def cancel_broadcast(self, broadcast_id: str) -> dict[str, Any]: ...
+    async def list_broadcasts(self, page_id: str | None = None) -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
+
+
+def open_gateway(url: str, token: str) -> BroadcastApi:
+    """The gateway the broadcast commands talk to (replaced by a fake in the tests)."""
+    return HttpGateway(url, token)
+
+
+def _connect(args: argparse.Namespace) -> BroadcastApi:
+    token = args.token or os.environ.get(TOKEN_VARIABLE, "")
+    if not token:
+        raise InputError("--token", f"the API token is needed: --token or {TOKEN_VARIABLE}")
+    return open_gateway(args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL, token)
+
+
+def _counts(counts: Any) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return "none"
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _when(ms: Any) -> str:
+    return ms_to_iso(ms) if isinstance(ms, int) and ms > 0 else "-"
+
+
+def progress_line(view: dict[str, Any], width: int = BAR_WIDTH) -> str:
+    """`[#####.....]  50%  500/1,000 decided · sent 480 · failed 2 · refused 20 · running`."""
+    audience, decided = int(view.get("audience") or 0), int(view.get("decided") or 0)
+    finished = view.get("status") in ("done", "cancelled")
+    share = decided / audience if audience else (1.0 if finished else 0.0)
+    filled = min(width, int(share * width))
+    refused = sum((view.get("refused") or {}).values())
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {share:4.0%}  "
+        f"{decided:,}/{audience:,} decided · sent {int(view.get('sent') or 0):,} · "
+        f"failed {int(view.get('failed') or 0):,} · unknown {int(view.get('unknown') or 0):,} · "
+        f"refused {refused:,} · {view.get('status')}"
+    )
+
+
+def _show_status(view: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"broadcast {view.get('broadcast_id')} on page {view.get('page_id')}: "
+        f"{view.get('status')}\n"
+    )
+    out.write(f"  {progress_line(view)}\n")
+    out.write(
+        f"  delivered {int(view.get('delivered') or 0):,}, read {int(view.get('read') or 0):,}; "
+        f"by mechanism: {_counts(view.get('by_mechanism'))}; refused: "
+        f"{_counts(view.get('refused'))}\n"
+    )
+    times = f"  created {_when(view.get('created_at'))}, started {_when(view.get('started_at'))}"
+    times += f", finished {_when(view.get('finished_at'))}"
+    if view.get("not_before"):
+        times += f"; not before {view['not_before']}"
+    out.write(times + "\n")
+
+
+def _write_json(data: Any, out: TextIO) -> None:
+    out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _print_view(view: dict[str, Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        _write_json(view, out)
+    else:
+        _show_status(view, out)
+
+
+def _spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST body: --file's JSON, then the flags given on top of it."""
+    spec: dict[str, Any] = {}
+    if args.file:
+        try:
+            data = orjson.loads(_read(args.file, "broadcast"))
+        except orjson.JSONDecodeError as exc:
+            raise InputError(args.file, f"not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(args.file, "expected one JSON object (the POST /v1/broadcasts body)")
+        spec.update(data)
+    flags = {"broadcast_id": args.id, "page_id": args.page, "purpose": args.purpose}
+    flags["not_before"] = args.not_before
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    if args.text is not None:
+        spec["message"] = {"text": args.text}
+    if args.message is not None:
+        try:
+            spec["message"] = orjson.loads(args.message)
+        except orjson.JSONDecodeError as exc:
+            raise InputError("--message", f"not JSON: {exc}") from None
+    audience = dict(spec.get("audience") or {})
+    if args.topic is not None:
+        audience["topic"] = args.topic
+    for name in ("labels_all", "labels_any", "labels_none", "users"):
+        given = getattr(args, name)
+        if given:
+            audience[name] = given
+    if audience:
+        spec["audience"] = audience
+    if args.dry_run:
+        spec["dry_run"] = True
+    for name in ("page_id", "message"):
+        if name not in spec:
+            raise InputError(f"--{'page' if name == 'page_id' else 'text'}", f"{name} is needed")
+    return spec
+
+
+async def _create(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> int:
+    try:
+        answer = await api.create_broadcast(_spec_from_args(args))
+    except HttpError as exc:
+        if exc.status == 400 and exc.body.get("field"):
+            where = str(exc.body["field"])
+            detail = str(exc.body.get("detail")).removeprefix(f"{where}: ")  # named once
+            raise InputError(where, detail) from None
+        raise
+    if args.json:
+        _write_json(answer, out)
+    elif answer.get("dry_run"):
+        out.write(
+            f"dry run of {answer.get('broadcast_id')}: {int(answer.get('audience') or 0):,} "
+            f"recipients; would send by {_counts(answer.get('by_mechanism'))}; "
+            f"refused: {_counts(answer.get('refused'))} (nothing reserved or sent)\n"
+        )
+    else:
+        broadcast_id = answer.get("broadcast_id")
+        what = "created" if answer.get("created") else "already exists with this spec"
+        out.write(
+            f"broadcast {broadcast_id} {what}: {answer.get('status')}; follow it with "
+            f"'windowgate broadcast status {broadcast_id} --follow'\n"
+        )
+    return EXIT_OK
+
+
+async def _status(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> int:
+    view = await api.broadcast(args.broadcast_id)
+    if view is None:
+        raise GatewayError(f"no broadcast {args.broadcast_id!r}")
+    if not args.follow:
+        _print_view(view, args.json, out)
+        return EXIT_OK
+    bar = sys.stderr if args.json else out  # --json: stdout holds only the final JSON
+    tty = bar.isatty()
+    last = ""
+    while True:
+        line = progress_line(view)
+        if line != last:  # a terminal redraws one line; a log gets one line per change
+            bar.write(f"\r{line}" if tty else f"{line}\n")
+            bar.flush()
+            last = line
+        if view.get("status") in ("done", "cancelled"):
+            break
+        await asyncio.sleep(args.every)
+        view = await api.broadcast(args.broadcast_id) or view
+    if tty:
+        bar.write("\n")
+    _print_view(view, args.json, out)
+    return EXIT_OK
+
+
+async def _command(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> int:
+    act = {
+        "pause": api.pause_broadcast,
+        "resume": api.resume_broadcast,
+        "cancel": api.cancel_broadcast,
+    }[args.broadcast_command]
+    try:
+        answer = await act(args.broadcast_id)
+    except HttpError as exc:
+        if exc.status == 404:
+            raise GatewayError(f"no broadcast {args.broadcast_id!r}") from None
+        raise
+    if args.json:
+        _write_json(answer, out)
+    else:
+        out.write(
+            f"{args.broadcast_command} of {args.broadcast_id} written to "
+            f"{answer.get('partitions')} partitions\n"
+        )
+    return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> int:
+    views = await api.list_broadcasts(args.page)
+    if args.json:
+        _write_json(views, out)
+        return EXIT_OK
+    if not views:
+        out.write("no broadcasts\n")
+    for view in views:
+        out.write(
+            f"{view.get('broadcast_id')}  {view.get('page_id')}  {_when(view.get('created_at'))}  "
+            f"{progress_line(view, 10)}\n"
+        )
+    return EXIT_OK
+
+
+def _cmd_broadcast(args: argparse.Namespace, out: TextIO) -> int:
+    handler = {
+        "create": _create,
+        "status": _status,
+        "pause": _command,
+        "resume": _command,
+        "cancel": _command,
+        "list": _list,
+    }[args.broadcast_command]
+
+    async def go() -> int:
+        api = _connect(args)
+        try:
+            return await handler(args, api, out)
+        finally:
+            await api.close()
+
+    return asyncio.run(go())
+
+
+def _add_broadcast(commands: Any) -> None:
+    parser = commands.add_parser(
+        "broadcast",
+        help="create, follow, pause, resume, cancel and list broadcasts on a running gateway",
+        description="Broadcasts through the dispatcher's HTTP API (DESIGN.md §4.6): one message "
+        "to a page's audience (an OTN topic's token holders, labels, listed users), each "
+        "recipient decided at sending time, at most one message per user per broadcast.",
+    )
+    sub = parser.add_subparsers(dest="broadcast_command", metavar="COMMAND", required=True)
+
+    def leaf(name: str, help_text: str) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        command.add_argument(
+            "--url", help=f"the dispatcher's HTTP API (${URL_VARIABLE}, default {DEFAULT_URL})"
+        )
+        command.add_argument("--token", help=f"an API token (${TOKEN_VARIABLE})")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        command.set_defaults(handler=_cmd_broadcast)
+        return command
+
+    create = leaf("create", "start a broadcast (or --dry-run: count it, send nothing)")
+    create.add_argument("--file", metavar="FILE", help="the POST /v1/broadcasts body as JSON")
+    create.add_argument("--id", help="broadcast_id, your idempotency key (default: generated)")
+    create.add_argument("--page", help="page_id")
+    create.add_argument("--text", help="the message's text")
+    create.add_argument("--message", metavar="JSON", help="Graph's message object instead")
+    create.add_argument("--purpose", help="auto (default), otn, recurring, response, ...")
+    create.add_argument("--topic", help="audience: holders of a token on this topic")
+    for flag, name, text in (
+        ("--label-all", "labels_all", "audience: users with this label (repeat: with all)"),
+        ("--label-any", "labels_any", "audience: users with this label (repeat: any of them)"),
+        ("--label-none", "labels_none", "audience: users without this label (repeatable)"),
+        ("--user", "users", "audience: this user (repeatable; the page-scoped id)"),
+    ):
+        create.add_argument(flag, dest=name, action="append", metavar=name.upper(), help=text)
+    create.add_argument("--not-before", metavar="ISO8601", help="start no earlier than this")
+    create.add_argument("--dry-run", action="store_true", help="count; reserve and send nothing")
+    status = leaf("status", "the status summed over the partitions")
+    status.add_argument("broadcast_id")
+    status.add_argument("--follow", action="store_true", help="a progress bar until it ends")
+    status.add_argument("--every", type=float, default=2.0, help="seconds between polls")
+    for name, text in (
+        ("pause", "pause: no new recipient is decided until resume"),
+        ("resume", "resume a paused broadcast"),
+        ("cancel", "cancel: no recipient is decided after this answers"),
+    ):
+        leaf(name, text).add_argument("broadcast_id")
+    listing = leaf("list", "a page's broadcasts, newest first")
+    listing.add_argument("--page", help="page_id (default: every page)")

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DecisionWatcher",
     "GatewayError",
+    "HttpError",
     "HttpGateway",
     "HttpReply",
     "KafkaGateway",
@@ -388,15 +389,77 @@ class HttpGateway:
 
     async def _label(self, method: str, page_id: str, user_id: str, label: str) -> dict[str, Any]:
         page, user, name = (quote(part, safe="") for part in (page_id, user_id, label))
-        url = f"{self.base_url}/v1/pages/{page}/users/{user}/labels/{name}"
+        return await self._found(method, f"/v1/pages/{page}/users/{user}/labels/{name}")
+
+    # ---- broadcasts (DESIGN.md §4.6) ----------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        missing_ok: bool = False,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        """One JSON call of the API; HttpError for an error status (None for 404 if missing_ok)."""
         try:
-            async with self._http().request(method, url, headers=self.headers) as response:
-                body = await response.json(content_type=None)
-        except aiohttp.ClientError as exc:
+            async with self._http().request(
+                method,
+                f"{self.base_url}{path}",
+                json=body,
+                params=params or {},
+                headers=self.headers,
+            ) as response:
+                answer = await response.json(content_type=None)
+                if response.status == 404 and missing_ok:
+                    return None
+                if response.status >= 400 or not isinstance(answer, dict):
+                    raise HttpError(response.status, answer)
+                return answer
+        except (aiohttp.ClientError, ValueError) as exc:
             raise GatewayError(f"cannot reach windowgate at {self.base_url}: {exc}") from exc
-        if response.status != 200 or not isinstance(body, dict):
-            detail = body.get("detail") if isinstance(body, dict) else body
-            field = body.get("field") if isinstance(body, dict) else None
-            named = f" ({field})" if field else ""
-            raise GatewayError(f"windowgate answered HTTP {response.status}{named}: {detail}")
-        return body
+
+    async def _found(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._call(method, path, body))
+
+    async def create_broadcast(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/broadcasts` (the body of DESIGN.md §4.6): 202 created, 200 the same spec
+        again, or the counts of a dry run; HttpError (with `field`) for a bad spec, 409 for an
+        id taken by another spec."""
+        return await self._found("POST", "/v1/broadcasts", spec)
+
+    async def broadcast(self, broadcast_id: str) -> dict[str, Any] | None:
+        """`GET /v1/broadcasts/{id}`: the status summed over the partitions; None if unknown."""
+        answer = await self._call("GET", f"/v1/broadcasts/{broadcast_id}", missing_ok=True)
+        return cast(dict[str, Any] | None, answer)
+
+    async def pause_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        """Answers once every partition has the pause command."""
+        return await self._found("POST", f"/v1/broadcasts/{broadcast_id}/pause")
+
+    async def resume_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        return await self._found("POST", f"/v1/broadcasts/{broadcast_id}/resume")
+
+    async def cancel_broadcast(self, broadcast_id: str) -> dict[str, Any]:
+        """`DELETE /v1/broadcasts/{id}`: no recipient is decided after this returns."""
+        return await self._found("DELETE", f"/v1/broadcasts/{broadcast_id}")
+
+    async def list_broadcasts(self, page_id: str | None = None) -> list[dict[str, Any]]:
+        """`GET /v1/broadcasts?page_id=`: newest first."""
+        params = {"page_id": page_id} if page_id else {}
+        answer = await self._call("GET", "/v1/broadcasts", params=params)
+        items = answer.get("broadcasts") if isinstance(answer, dict) else None
+        return list(items) if isinstance(items, list) else []
+
+
+class HttpError(GatewayError):
+    """windowgate answered an error status; `body` is its JSON answer (`field` names the bad
+    input of a 400)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body: dict[str, Any] = body if isinstance(body, dict) else {"detail": body}
+        detail = self.body.get("detail") or self.body.get("error") or body
+        field = self.body.get("field")
+        named = f" ({field})" if field else ""
+        super().__init__(f"windowgate answered HTTP {status}{named}: {detail}")

@@ -36,6 +36,7 @@ ENV: Final[dict[str, str]] = {
     "DISPATCHER_RECENT": "decisions remembered for GET /v1/decisions/{id} (100000)",
     "DISPATCHER_TOKEN_INDEX": "proxy: index OTN/recurring tokens from the events topic (1)",
     "DISPATCHER_ROLE": "all | worker | api (all)",
+    "WINDOW_URL": "a window worker, for broadcast dry runs (http://127.0.0.1:<WINDOW_PORT>)",
     "DISPATCHER_CRASH_AT": "test hook: SIGKILL self at after_attempt | after_call",
     "DISPATCHER_CRASH_REQUEST": "test hook: only for this request_id",
 }
@@ -82,6 +83,7 @@ class DispatcherConfig:
     role: Role = "all"
     crash_at: CrashPoint | None = None
     crash_request: str | None = None
+    window_url: str = "http://127.0.0.1:8081"
 
     @property
     def dispatch_log(self) -> str:
@@ -129,4 +131,7 @@ class DispatcherConfig:
             role=cast(Role, role),
             crash_at=crash,
             crash_request=env.get("DISPATCHER_CRASH_REQUEST", "").strip() or None,
+            window_url=(
+                env.get("WINDOW_URL", "").strip() or f"http://127.0.0.1:{settings.window_port}"
+            ).rstrip("/"),
         )

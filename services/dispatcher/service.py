@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import uuid
 from types import TracebackType
 from typing import Self
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from schemas.events import encode_event
 from schemas.request import SendRequest, encode_request
 from schemas.topics import Topics
-from services.common.kafka import durable_producer
+from services.common.kafka import durable_producer, fencing_producer
 from services.common.runtime import now_ms
 from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
@@ -28,6 +29,13 @@ from services.dispatcher.delivery.graph import Deliverer, GraphClient, Sender
 from services.dispatcher.delivery.ratelimit import PageRateLimiter
 from services.dispatcher.delivery.worker import Deps
 from services.dispatcher.front.api import DispatcherApi
+from services.dispatcher.front.broadcasts import (
+    BroadcastBook,
+    BroadcastFront,
+    CommandWriter,
+    WindowDryRun,
+    ensure_broadcast_topics,
+)
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.front.labels import LabelEvent
 from services.dispatcher.front.proxy_http import AttachmentUploader
@@ -119,6 +127,7 @@ class DispatcherService:
             config.graph_url, config.graph_version, config.graph_timeout_s
         )
         stack.push_async_callback(uploader.close)
+        broadcasts = await self._start_broadcasts(stack)
         self.api = DispatcherApi(
             rules=self.rules,
             decisions=decisions,
@@ -132,6 +141,7 @@ class DispatcherService:
             ready=(lambda: dispatcher.ready()) if dispatcher is not None else (lambda: True),
             publish_event=publish_event,
             uploader=uploader,
+            broadcasts=broadcasts,
         )
         runner = web.AppRunner(self.api.app(), access_log=None)
         await runner.setup()
@@ -141,6 +151,37 @@ class DispatcherService:
         addresses = runner.addresses
         self.port = int(addresses[0][1]) if addresses else config.port
         log.info("dispatcher HTTP API on %s:%s", self.host, self.port)
+
+    async def _start_broadcasts(self, stack: contextlib.AsyncExitStack) -> BroadcastFront:
+        """The broadcast routes' parts: both topics tailed from the start, a transactional
+        producer of its own (one id per process: API processes never fence each other), and the
+        window's dry run."""
+        config = self.config
+        await ensure_broadcast_topics(config.bootstrap, self.topics, config.partitions)
+        book = BroadcastBook(config.bootstrap, self.topics)
+        await book.start()
+        stack.push_async_callback(book.stop)
+        instance = config.instance_id or uuid.uuid4().hex[:12]
+        transactional_id = f"{config.group}-broadcasts-{instance}"
+        writer = CommandWriter(
+            lambda: fencing_producer(config.bootstrap, transactional_id),
+            self.topics.broadcast_commands,
+        )
+        stack.push_async_callback(writer.close)
+        dry_run = WindowDryRun(
+            config.window_url, config.api_tokens[0] if config.api_tokens else None, config.wait_s
+        )
+        stack.push_async_callback(dry_run.close)
+        rules = self.rules
+        return BroadcastFront(
+            book=book,
+            write=writer,
+            dry_run=dry_run,
+            pages=lambda: rules.pages,
+            partitions=config.partitions,
+            clock=now_ms,
+            wait_s=config.wait_s,
+        )
 
     async def wait(self) -> None:
         """Until a background task ends (it should not: that is a failure worth surfacing)."""

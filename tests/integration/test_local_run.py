@@ -29,10 +29,10 @@ SERVICE_PORTS = ("INGEST_PORT", "WINDOW_PORT", "DISPATCHER_PORT", "GRAPH_STANDIN
 class MakeRun:
     """`python -m devtools.local_run` in the background, its output collected line by line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *extra: str) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devtools.local_run", "--rate", "2"],
+            [sys.executable, "-m", "devtools.local_run", "--rate", "2", *extra],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -159,3 +159,18 @@ def test_ctrl_c_while_services_start_stops_them_and_the_broker_it_started(
     assert not port_in_use(controller_port), run.output
     assert not any(port_in_use(int(run_env[name])) for name in SERVICE_PORTS), run.output
     assert not (Path(run_env["WINDOWGATE_RUN_DIR"]) / "kafka" / "broker.pid").exists()
+
+
+def test_the_run_labels_users_and_shows_its_broadcasts_in_the_summary(
+    kafka_bootstrap: str, run_env: dict[str, str], started: list[MakeRun]
+) -> None:
+    run_env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    run = MakeRun(run_env, "--broadcast-after", "1", "--every", "2")
+    started.append(run)
+    run.wait_for("broadcast run-restock to")
+    run.wait_for("broadcast run-vip to")
+    run.wait_for("  broadcast run-vip ")  # its line in the live summary
+    summary = [line for line in run.lines if line.startswith("  broadcast run-restock ")]
+    assert summary and "decided" in summary[-1], run.output
+    assert any("labels (" in line for line in run.lines), run.output
+    assert run.interrupt() == 0

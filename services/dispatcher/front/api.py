@@ -18,6 +18,8 @@ outcome from the dispatch log. This process only waits for them.
   page's own access token; allowed → Meta's answer to the forwarded call, refused → Meta's error.
   windowgate's own extensions are `X-Windowgate-*` headers; an unknown one is a 400 naming it.
   Every proxy answer is Graph-shaped JSON (proxy_http): never a 202, never plain text.
+- `/v1/broadcasts` (create, list), `/v1/broadcasts/{id}` (status, DELETE = cancel),
+  `.../pause`, `.../resume`: `front/broadcasts.py` (DESIGN.md §4.6).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from schemas.decision import DecisionRecord, decision_to_wire
 from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
+from services.dispatcher.front.broadcasts import BroadcastFront
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from services.dispatcher.front.labels import LabelRoutes, PublishEvent
 from services.dispatcher.front.proxy_http import (
@@ -118,6 +121,7 @@ class DispatcherApi:
         ready: Callable[[], bool] = lambda: True,
         publish_event: PublishEvent | None = None,
         uploader: Uploader | None = None,
+        broadcasts: BroadcastFront | None = None,
     ) -> None:
         self.rules = rules
         self.decisions = decisions
@@ -141,6 +145,7 @@ class DispatcherApi:
             )
         )
         self.uploader = uploader
+        self.broadcasts = broadcasts
 
     def app(self) -> web.Application:
         auth = cast(Middleware, bearer_middleware(self.api_tokens))
@@ -149,6 +154,14 @@ class DispatcherApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_get("/v1/decisions/{request_id}", self.get_decision)
+        if self.broadcasts is not None:  # DESIGN.md §4.6
+            b = self.broadcasts
+            app.router.add_post("/v1/broadcasts", b.create)
+            app.router.add_get("/v1/broadcasts", b.listing)
+            app.router.add_get("/v1/broadcasts/{broadcast_id}", b.status)
+            app.router.add_delete("/v1/broadcasts/{broadcast_id}", b.cancel)
+            app.router.add_post("/v1/broadcasts/{broadcast_id}/pause", b.pause)
+            app.router.add_post("/v1/broadcasts/{broadcast_id}/resume", b.resume)
         app.router.add_post("/{version}/me/messages", self.proxy)
         app.router.add_post("/{version}/{page_id}/messages", self.proxy)
         if self.labels is not None:
