@@ -13,7 +13,10 @@ Pure. The mechanism the decision names fixes the recipient and `messaging_type`:
     MARKETING    /{v}/act_{account}/messages messenger_delivery_data.subscription_token, and the
                                              campaign's message_id (from message.message_id)
 
-The message body is the request's own `message` (carried on the decisions topic).
+The message body is the request's own `message` (carried on the decisions topic). Its shape is
+checked by `windowgate.core.message.message_problem`, the check `decide` already ran before it
+allowed the request: an allowed decision only meets CannotSend here for what the window cannot
+see (a page setting missing on the delivery side, a record written by an older version).
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.decision import DecisionRecord
+from schemas.types import Mechanism
+from windowgate.core.message import message_problem
 from windowgate.core.pages import PageConfig
 
 RateClass = Literal["text", "media"]
 
 MEDIA_TYPES = frozenset({"audio", "video"})
 """Attachment types Meta limits to 10 calls/s per page (M-RATE); everything else is 300/s."""
-
-TEXT_LIMIT = 2000
-"""Meta refuses text of 2,000 characters or more (M-SENDAPI)."""
 
 
 class CannotSend(ValueError):
@@ -60,12 +62,11 @@ def rate_class(message: dict[str, Any] | None) -> RateClass:
     return "media" if any(k in MEDIA_TYPES for k in kinds) else "text"
 
 
-def _check_message(message: dict[str, Any] | None) -> dict[str, Any]:
-    if not message:
-        raise CannotSend("the request carries no message to send")
-    text = message.get("text")
-    if isinstance(text, str) and len(text) >= TEXT_LIMIT:
-        raise CannotSend(f"message.text has {len(text)} characters; Meta allows fewer than 2000")
+def _check_message(message: dict[str, Any] | None, mechanism: Mechanism) -> dict[str, Any]:
+    """`message` if Meta can take it for `mechanism` (decide's own check), else CannotSend."""
+    problem = message_problem(message, mechanism)
+    if problem is not None or message is None:
+        raise CannotSend(problem.sentence if problem else "message: required")
     return message
 
 
@@ -84,18 +85,17 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
     if mechanism == "MARKETING":
         if not page.ad_account_id:
             raise CannotSend(f"page {page.page_id} has no ad_account_id in the pages file")
-        message = record.message or {}
-        campaign = message.get("message_id")
-        if not isinstance(campaign, str) or not campaign:
-            raise CannotSend("a MARKETING send needs message.message_id (the campaign message)")
+        message = _check_message(record.message, mechanism)
         campaign_body = {
             **{k: v for k, v in message.items() if k != "message_id"},
-            "message_id": campaign,
+            "message_id": message["message_id"],
             "messenger_delivery_data": {"subscription_token": decision.token},
         }
         path = ad_account_path(version, page.ad_account_id)
         return GraphCall(path, campaign_body, "text", decision.page_id)
-    message = _check_message(record.message)
+    if mechanism is None:
+        raise CannotSend("no Graph call for a decision without a mechanism")
+    message = _check_message(record.message, mechanism)
     body: dict[str, Any]
     if mechanism == "OTN":
         body = {"recipient": {"one_time_notif_token": decision.token}, "message": message}
