@@ -92,7 +92,7 @@ async def api(kafka_bootstrap: str) -> AsyncIterator[Api]:
     collector = Collector(kafka_bootstrap, topics)
     await collector.start()
     cfg = config(kafka_bootstrap, prefix, standin.base_url)
-    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
     await service.start()
     http = aiohttp.ClientSession()
     try:
@@ -400,7 +400,7 @@ async def test_broker_outage_is_503_with_retry_after_within_the_wait(tmp_path: P
         bootstrap, prefix, "http://127.0.0.1:9", role="api", wait_s=OUTAGE_WAIT_S,
         outcome_wait_s=0.0, token_index=False,
     )  # fmt: skip
-    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
     http = aiohttp.ClientSession()
     try:
         await window.start()

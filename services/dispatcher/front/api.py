@@ -39,6 +39,7 @@ from schemas.codec import SchemaError, loads
 from schemas.decision import DecisionRecord, decision_to_wire
 from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
+from services.dispatcher.credentials import PageTokens
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
 from windowgate.client import DecisionWatcher
@@ -90,8 +91,10 @@ class DispatcherApi:
         wait_s: float,
         outcome_wait_s: float,
         ready: Callable[[], bool] = lambda: True,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self.rules = rules
+        self.page_tokens: PageTokens = page_tokens or {}  # the proxy checks callers against them
         self.decisions = decisions
         self.outcomes = outcomes
         self.tokens = tokens
@@ -223,12 +226,10 @@ class DispatcherApi:
             raise ProxyError(190, "(#190) An access token is required", "invalid_token")
         given = token.encode()
         found: str | None = None
-        for page in self.rules.pages.values():
-            matches = bool(page.access_token) and hmac.compare_digest(
-                given, (page.access_token or "").encode()
-            )
-            if matches and page_id in (None, page.page_id):
-                found = page.page_id
+        for page, page_token in self.page_tokens.items():
+            matches = hmac.compare_digest(given, page_token.encode())
+            if matches and page_id in (None, page):
+                found = page
         if found is None:
             raise ProxyError(
                 190, "(#190) Invalid OAuth access token for this page", "invalid_token"
