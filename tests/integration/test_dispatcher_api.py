@@ -410,7 +410,12 @@ async def test_broker_outage_is_503_with_retry_after_within_the_wait(tmp_path: P
         window.know([opener(user)])
 
         def ask(name: str) -> dict[str, Any]:
-            return {"request_id": f"{prefix}{name}", "page_id": PAGE_EU, "user_id": user}
+            return {
+                "request_id": f"{prefix}{name}",
+                "page_id": PAGE_EU,
+                "user_id": user,
+                "message": {"text": f"outage {name}"},
+            }
 
         status, answer, _ = await _post_timed(http, url, ask("before"))
         assert (status, answer.get("reason")) == (200, "window_open"), answer

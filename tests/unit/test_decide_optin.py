@@ -266,6 +266,8 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"attachment": {"payload": {}}}, "message.attachment.type: required"),
     ({"attachment": {"type": "template"}}, "message.attachment.payload: a template"),
     ({"attachments": []}, "message.attachments: expected a non-empty list"),
+]
+BAD_OPTIN_BODIES: list[tuple[Any, str]] = [
     (
         {"attachment": {"type": "template", "payload": {"template_type": "one_time_notif_req"}}},
         "message.attachment.payload.title: required by a one_time_notif_req template",
@@ -292,6 +294,14 @@ def test_a_bad_body_is_refused_before_any_token_is_reserved(body: Any, sentence:
     assert (good.allowed, good.token) == (True, "otn-1")
 
 
+@pytest.mark.parametrize(("body", "sentence"), BAD_OPTIN_BODIES)
+def test_a_malformed_optin_request_is_refused_and_not_counted(body: Any, sentence: str) -> None:
+    bad = decide(in_window(), request(message=body), T0 + H, RULES)
+    assert (bad.allowed, bad.reason, bad.token) == (False, "invalid_request", None)
+    assert bad.detail.startswith(sentence) and bad.alternatives == ()
+    assert fold(in_window(), decided(bad)).optin_asks == ()
+
+
 def test_a_marketing_send_needs_its_campaign_before_the_token_is_reserved() -> None:
     us = RULES.with_pages({PAGE: PageConfig(page_id=PAGE, region="US", ad_account_id="act_1")})
     state = fold(empty(), rn_optin(T0, frequency="DAILY"))
@@ -304,7 +314,7 @@ def test_a_marketing_send_needs_its_campaign_before_the_token_is_reserved() -> N
     assert fold(state, decided(refused)).recurring[0].last_sent_at is None
 
 
-@pytest.mark.parametrize(("body", "sentence"), BAD_BODIES)
+@pytest.mark.parametrize(("body", "sentence"), BAD_BODIES + BAD_OPTIN_BODIES)
 def test_the_dispatcher_checks_with_the_same_function(body: Any, sentence: str) -> None:
     """A record decided by an older version still meets the check before Graph, same words."""
     allowed = decide(in_window(), request(), T0 + H, RULES)

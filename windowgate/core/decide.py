@@ -488,13 +488,15 @@ def decide(
             if ask is None
             else optin_request_verdict(ctx, request.purpose, ask)
         )
+    unsendable = _unsendable(verdict, request.message)
+    verdict = unsendable or verdict
     if (
         verdict.allowed
         and request.send_by is not None
         and (verdict.valid_until is None or request.send_by < verdict.valid_until)
     ):
         verdict = verdict.with_valid_until(request.send_by)
-    alternatives = () if verdict.allowed else _alternatives(ctx, page_state, verdict)
+    alternatives = () if verdict.allowed or unsendable else _alternatives(ctx, page_state, verdict)
     if ask is not None:
         alternatives = _optin_alternatives(alternatives, verdict)
     return Decision(
@@ -523,18 +525,24 @@ def _precheck(ctx: Context, request: SendRequest, page_state: PageState | None) 
         return _refuse("deadline_passed", f"send_by {_at(request.send_by)} has passed")
     if request.purpose == "tag" and not request.tag:
         return _refuse("invalid_request", "purpose 'tag' needs a tag")
-    # A campaign body for a marketing send, else a /messages body (an opt-in request is one,
-    # whatever the purpose: its purpose is judged after, by optin_request_verdict).
-    campaign = request.purpose == "marketing" and optin_request(request.message) is None
-    problem = message_problem(request.message, "MARKETING" if campaign else None)
-    if problem is not None:  # before any token is looked at: allowed means sendable
-        return _refuse("invalid_request", problem.sentence)
     return _blocked(ctx, page_state)
 
 
 def still_valid(decision: Decision, now: int) -> bool:
     """I6: just before the Graph call, is an allowed decision still inside its validity?"""
     return decision.allowed and (decision.valid_until is None or now < decision.valid_until)
+
+
+def _unsendable(verdict: Verdict, message: dict[str, Any] | None) -> Verdict | None:
+    """Allowed means sendable: a grant whose body Meta would refuse is `invalid_request`, naming
+    the field, before its token is reserved (the same check send_api runs before the call). No
+    alternatives then: no mechanism can carry that body."""
+    if not verdict.allowed:
+        return None
+    problem = message_problem(message, verdict.mechanism)
+    if problem is None:
+        return None
+    return _refuse("invalid_request", problem.sentence, verdict.mechanism)
 
 
 # ---- opt-in requests (DESIGN.md §4.6; platform-rules §3, R-RN-3) -------------------------------
