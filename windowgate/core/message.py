@@ -65,7 +65,9 @@ def _template_payload(message: dict[str, Any]) -> dict[str, Any] | None:
 def optin_request(message: dict[str, Any] | None) -> OptinRequest | None:
     """The opt-in request `message` makes, or None (only meaningful once `message_problem` has
     passed it: then the title is there)."""
-    payload = _template_payload(message) if isinstance(message, dict) else None
+    if type(message) is not dict or "attachment" not in message:
+        return None  # the common case, cheaply: decide asks this of every request
+    payload = _template_payload(message)
     if payload is None:
         return None
     kind = payload.get("template_type")
@@ -121,6 +123,10 @@ def message_problem(
 
     A MARKETING send posts a campaign (`message_id`) to the Marketing Messages API; every other
     mechanism posts the body to /messages, which needs exactly one of text and attachment."""
+    if type(message) is dict and len(message) == 1 and mechanism != "MARKETING":
+        text = message.get("text")  # the hot path, a plain text, decided in a few lookups
+        if type(text) is str and 0 < len(text) < TEXT_LIMIT:
+            return None
     if message is None:
         return MessageProblem("message", "required: the Graph message object to send")
     if not isinstance(message, dict) or not message:
