@@ -36,6 +36,7 @@ from windowgate.core.fold import REMEMBERED_OPTIN_ASKS, fold, fold_all
 from windowgate.core.message import TITLE_LIMIT, message_problem, optin_request
 from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import RuleBook, RulesError, load_rules, parse_rules
+from windowgate.meta.proxy import refusal
 from windowgate.meta.send_api import CannotSend, build_call
 
 RULES = load_rules()
@@ -334,6 +335,32 @@ def test_every_optin_request_the_core_allows_is_a_call_the_dispatcher_builds() -
             "messaging_type": "RESPONSE",
             "message": body,
         }
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "subcode"),
+    [
+        ("optin_request_outside_window", 10, 2018278),  # what Meta answers outside the window
+        ("optin_request_purpose", 100, None),
+        ("optin_request_limit", 10, None),
+    ],
+)
+def test_the_graph_proxy_answers_an_optin_refusal_as_meta_would(
+    reason: str, code: int, subcode: int | None
+) -> None:
+    state = fold_all(empty(), [message(T0), otn(T0)])
+    state = fold(state, decided(decide(state, request("a0", message=rn_ask()), T0 + H, RULES)))
+    asks = {
+        "optin_request_outside_window": (request("o", message=otn_ask()), T0 + 25 * H),
+        "optin_request_purpose": (request("p", message=otn_ask(), purpose="otn"), T0 + H),
+        "optin_request_limit": (request("l", message=rn_ask()), T0 + 2 * H),
+    }
+    ask, now = asks[reason]
+    decision = decide(state, ask, now, RULES)
+    assert decision.reason == reason
+    error = refusal(decision)["error"]
+    assert (error["code"], error.get("error_subcode")) == (code, subcode)
+    assert refusal(decision)["windowgate"]["reason"] == reason
 
 
 def test_optin_request_is_read_from_the_template_only() -> None:
