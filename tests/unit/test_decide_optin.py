@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import SendRequest
+from schemas import Event, SendRequest
 from schemas.decision import DecisionRecord, decode_decision, encode_decision
 from schemas.state import OptinAsk, decode_user_state, encode_user_state
 from tests.unit.builders import (
@@ -222,7 +222,7 @@ def test_only_allowed_recurring_asks_are_remembered_compactly_and_in_any_order()
         decision = decide(state, request(f"a{n}", message=rn_ask(f"title {n}")), T0 + n, RULES)
         assert decision.allowed
         decisions.append(decision)
-    events = [decided(d) for d in decisions]
+    events: list[Event] = [decided(d) for d in decisions]
     forwards = fold_all(in_window(), events)
     backwards = fold_all(in_window(), list(reversed(events)) + events)  # and each twice
     assert forwards.optin_asks == backwards.optin_asks
