@@ -62,6 +62,7 @@ from schemas.topics import Topics
 from services.common.runtime import now_ms
 from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
+from services.dispatcher.credentials import page_tokens
 from services.dispatcher.delivery.dispatchlog import Done, decode_record, ensure_log_topic
 from services.dispatcher.delivery.graph import Answer
 from services.dispatcher.metrics import METRICS
@@ -338,7 +339,8 @@ class Run:
             role="worker",
         )
         before = METRICS.settled._value.get()
-        async with DispatcherService(config, book, sender=InstantGraph()):
+        tokens = page_tokens(pages_json(list(book.pages)))
+        async with DispatcherService(config, book, sender=InstantGraph(), page_tokens=tokens):
             deadline = time.monotonic() + 600
             while METRICS.settled._value.get() - before < len(values):
                 if time.monotonic() > deadline:

@@ -105,6 +105,7 @@ def demo_webhooks(folder: Path) -> list[Webhook]:
 
 
 def _req(request_id: str, page: str = PAGE, user: str = USER, **fields: Any) -> SendRequest:
+    fields.setdefault("message", {"text": "Your size is back in stock"})
     return SendRequest(request_id=request_id, page_id=page, user_id=user, **fields)
 
 

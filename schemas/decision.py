@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
-from schemas.types import Mechanism, Platform, Reason
+from schemas.types import Mechanism, OptinTemplate, Platform, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,9 @@ class Decision:
     rule: str | None = None
     token: str | None = None
     topic: str | None = None
+    # An opt-in request (DESIGN.md §4.6): the template it asks with; `topic` is then its title
+    # (notification_messages, counted per title by R-RN-3) or its payload (one_time_notif_req).
+    optin_request: OptinTemplate | None = None
 
     def as_duplicate(self) -> Decision:
         return replace(self, duplicate=True)

@@ -86,6 +86,15 @@ class RecurringToken:
         return topic in (self.topic, self.title)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class OptinAsk:
+    """A recurring opt-in request decided allowed (R-RN-3 counts them per user and title)."""
+
+    WIRE_ALIASES: ClassVar[dict[str, str]] = {"at": "a", "title": "ti"}
+    at: int
+    title: str
+
+
 @dataclass(frozen=True, slots=True)
 class UserState:
     """Stored compactly (short aliases, defaults left out): millions of users live in the table."""
@@ -105,6 +114,7 @@ class UserState:
         "recurring": "r",
         "decisions": "d",
         "labels": "lb",
+        "optin_asks": "oq",
     }
 
     page_id: str
@@ -121,6 +131,9 @@ class UserState:
     recurring: tuple[RecurringToken, ...] = ()
     decisions: tuple[Decision, ...] = ()
     labels: tuple[str, ...] = ()  # sorted, each once (segments: DESIGN.md §4.6)
+    optin_asks: tuple[
+        OptinAsk, ...
+    ] = ()  # the latest allowed recurring opt-in requests, oldest first
 
     @property
     def key(self) -> str:

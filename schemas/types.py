@@ -50,5 +50,14 @@ RefusedReason = Literal[
     # added by windowgate:
     "mechanism_disabled",  # the rule exists but is switched off (UNCONFIRMED rules default off)
     "page_not_configured",  # the page lacks a setting the mechanism needs (e.g. ad_account_id)
+    # opt-in requests (DESIGN.md §4.6, R-RN-3):
+    "optin_request_outside_window",  # an OTN / recurring opt-in request while the window is closed
+    "optin_request_purpose",  # an opt-in request asked with a token, a tag or a template
+    "optin_request_limit",  # R-RN-3: the recurring opt-in requests per user and title are used up
 ]
 Reason = Literal[AllowedReason, RefusedReason]
+
+OptinTemplate = Literal["one_time_notif_req", "notification_messages"]
+"""The template types of a message that asks the user for permission (an opt-in request):
+a One-Time Notification token on a topic, or recurring / marketing messages under a title."""
+OPTIN_TEMPLATES: tuple[OptinTemplate, ...] = ("one_time_notif_req", "notification_messages")

@@ -18,7 +18,10 @@ def now_ms() -> int:
 
 
 def load_rulebook(settings: Settings) -> RuleBook:
-    """The packaged (or WINDOWGATE_RULES) rules with the WINDOWGATE_PAGES settings applied."""
+    """The packaged (or WINDOWGATE_RULES) rules with the WINDOWGATE_PAGES settings applied.
+
+    It holds no page access token: every service loads the rule book, but only the dispatcher
+    needs the tokens (`services.dispatcher.credentials.load_page_tokens`)."""
     pages = load_pages(settings.pages_path) if settings.pages_path else {}
     return load_rules(settings.rules_path, pages)
 

@@ -17,6 +17,7 @@ from services.common.logs import configure_logging
 from services.common.runtime import load_rulebook, relax_gc
 from services.common.settings import Settings, SettingsError
 from services.dispatcher.config import DispatcherConfig
+from services.dispatcher.credentials import load_page_tokens
 from services.dispatcher.service import serve
 from windowgate.core.rulebook import RulesError
 
@@ -27,12 +28,13 @@ def main() -> int:
         settings = Settings.from_env()
         config = DispatcherConfig.from_settings(settings)
         rules = load_rulebook(settings)
+        page_tokens = load_page_tokens(settings.pages_path)
     except (SettingsError, SchemaError, RulesError) as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
     relax_gc()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, rules))
+        asyncio.run(serve(config, rules, page_tokens))
     return 0
 
 

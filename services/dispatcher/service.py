@@ -23,6 +23,7 @@ from services.common.kafka import durable_producer, fencing_producer
 from services.common.runtime import now_ms
 from services.common.topics import ensure_topics
 from services.dispatcher.config import DispatcherConfig
+from services.dispatcher.credentials import PageTokens
 from services.dispatcher.delivery.consumer import Dispatcher
 from services.dispatcher.delivery.dispatchlog import ensure_log_topic
 from services.dispatcher.delivery.graph import Deliverer, GraphClient, Sender
@@ -53,9 +54,11 @@ class DispatcherService:
         rules: RuleBook,
         sender: Sender | None = None,
         host: str = "0.0.0.0",
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self.config = config
         self.rules = rules
+        self.page_tokens: PageTokens = page_tokens or {}
         self.topics = Topics(config.prefix)
         self.host = host
         self.graph = GraphClient(config.graph_url, config.graph_timeout_s, config.graph_connections)
@@ -89,7 +92,7 @@ class DispatcherService:
             await self.graph.start()
             stack.push_async_callback(self.graph.close)
             dispatcher = self.dispatcher = Dispatcher(
-                Deps(config, self.topics, self.rules, self.deliverer)
+                Deps(config, self.topics, self.rules, self.deliverer, page_tokens=self.page_tokens)
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
@@ -142,6 +145,7 @@ class DispatcherService:
             publish_event=publish_event,
             uploader=uploader,
             broadcasts=broadcasts,
+            page_tokens=self.page_tokens,
         )
         runner = web.AppRunner(self.api.app(), access_log=None)
         await runner.setup()
@@ -218,13 +222,13 @@ class DispatcherService:
         await self.stop()
 
 
-async def serve(config: DispatcherConfig, rules: RuleBook) -> None:
+async def serve(config: DispatcherConfig, rules: RuleBook, page_tokens: PageTokens) -> None:
     """Run until SIGTERM / SIGINT, then stop cleanly (calls in flight finish and are recorded)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with DispatcherService(config, rules) as service:
+    async with DispatcherService(config, rules, page_tokens=page_tokens) as service:
         waiter = asyncio.create_task(service.wait())
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

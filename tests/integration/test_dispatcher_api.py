@@ -92,7 +92,7 @@ async def api(kafka_bootstrap: str) -> AsyncIterator[Api]:
     collector = Collector(kafka_bootstrap, topics)
     await collector.start()
     cfg = config(kafka_bootstrap, prefix, standin.base_url)
-    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
     await service.start()
     http = aiohttp.ClientSession()
     try:
@@ -400,7 +400,7 @@ async def test_broker_outage_is_503_with_retry_after_within_the_wait(tmp_path: P
         bootstrap, prefix, "http://127.0.0.1:9", role="api", wait_s=OUTAGE_WAIT_S,
         outcome_wait_s=0.0, token_index=False,
     )  # fmt: skip
-    service = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    service = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
     http = aiohttp.ClientSession()
     try:
         await window.start()
@@ -410,7 +410,12 @@ async def test_broker_outage_is_503_with_retry_after_within_the_wait(tmp_path: P
         window.know([opener(user)])
 
         def ask(name: str) -> dict[str, Any]:
-            return {"request_id": f"{prefix}{name}", "page_id": PAGE_EU, "user_id": user}
+            return {
+                "request_id": f"{prefix}{name}",
+                "page_id": PAGE_EU,
+                "user_id": user,
+                "message": {"text": f"outage {name}"},
+            }
 
         status, answer, _ = await _post_timed(http, url, ask("before"))
         assert (status, answer.get("reason")) == (200, "window_open"), answer

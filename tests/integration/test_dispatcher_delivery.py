@@ -77,6 +77,7 @@ async def running(kafka_bootstrap: str, **settings: Any) -> AsyncIterator[Env]:
         config(kafka_bootstrap, prefix, standin.base_url, role="worker", **settings),
         BOOK,
         host="127.0.0.1",
+        page_tokens=TOKENS,
     )
     await service.start()
     try:
@@ -297,8 +298,8 @@ async def test_two_instances_share_the_work_and_survive_a_rebalance(kafka_bootst
     collector = Collector(kafka_bootstrap, topics)
     await collector.start()
     cfg = config(kafka_bootstrap, prefix, standin.base_url, partitions=4, role="worker")
-    first = DispatcherService(cfg, BOOK, host="127.0.0.1")
-    second = DispatcherService(cfg, BOOK, host="127.0.0.1")
+    first = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
+    second = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
     try:
         await first.start()
         await second.start()
@@ -383,7 +384,7 @@ async def test_a_restarted_dispatcher_refuses_a_used_token_from_the_log_alone(
     again = user.decide(uid("r"), BOOK, purpose="otn", topic="back-in-stock")
     assert given_back.decision.token == again.decision.token == rejected
     try:
-        first_run = DispatcherService(cfg, BOOK, host="127.0.0.1")
+        first_run = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
         await first_run.start()
         try:
             await produce(kafka_bootstrap, topics.decisions, [first, given_back])
@@ -391,7 +392,7 @@ async def test_a_restarted_dispatcher_refuses_a_used_token_from_the_log_alone(
             assert (await collector.outcome(given_back.decision.request_id)).status == "failed"
         finally:
             await first_run.stop()
-        second_run = DispatcherService(cfg, BOOK, host="127.0.0.1")
+        second_run = DispatcherService(cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
         await second_run.start()
         try:
             await produce(kafka_bootstrap, topics.decisions, [second, again])

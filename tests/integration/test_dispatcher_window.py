@@ -83,6 +83,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
         config(kafka_bootstrap, prefix, standin.base_url, partitions=PARTITIONS),
         rules(),
         host="127.0.0.1",
+        page_tokens=TOKENS,
     )
     http = aiohttp.ClientSession()
     try:

@@ -245,7 +245,14 @@ async def test_one_worker_folds_answers_survives_restarts_and_replays(gateway: G
     assert reach["otn_topics"]["restock"] == {"users": len(users), "tokens": len(users)}
 
     await gateway.send_request(
-        SendRequest(request_id="r-1", page_id=PAGE, user_id=user(3), purpose="otn", topic="restock")
+        SendRequest(
+            request_id="r-1",
+            page_id=PAGE,
+            user_id=user(3),
+            purpose="otn",
+            topic="restock",
+            message={"text": "back in stock"},
+        )
     )
     [decision] = await eventually(lambda: decisions_for(gateway, "r-1"), "decision r-1", [w1])
     assert (decision.allowed, decision.token) == (True, "tok-3")
@@ -454,7 +461,13 @@ async def test_a_worker_frozen_mid_batch_wakes_up_fenced_and_writes_nothing(
     await eventually(lambda: all_users_known(w1, users), "users on w1", [w1])
 
     # w1 decides "frozen" (granting tok-0) and stops before its transaction, as in a long GC pause.
-    ask = {"purpose": "otn", "topic": "restock", "page_id": PAGE, "user_id": user(0)}
+    ask = {
+        "purpose": "otn",
+        "topic": "restock",
+        "page_id": PAGE,
+        "user_id": user(0),
+        "message": {"text": "back in stock"},
+    }
     await gateway.send_request(SendRequest(request_id="frozen", **ask))
 
     async def frozen() -> bool:

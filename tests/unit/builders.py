@@ -23,6 +23,7 @@ USER = "1254459154682919"
 T0 = parse_iso_ms("2026-05-04T09:00:00Z")
 H = HOUR_MS
 D = DAY_MS
+TEXT: dict[str, Any] = {"text": "hello"}
 
 
 def at(text: str) -> int:
@@ -69,6 +70,9 @@ def rn_status(ts: int, status: Any, token: str = "rn-1") -> RecurringStatus:
 
 
 def request(request_id: str = "r1", **kw: Any) -> SendRequest:
+    """A request with a plain text message unless the test says otherwise (decide refuses a
+    request without a sendable message)."""
+    kw.setdefault("message", TEXT)
     return SendRequest(request_id=request_id, page_id=PAGE, user_id=USER, **kw)
 
 

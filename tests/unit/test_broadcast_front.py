@@ -37,7 +37,7 @@ from windowgate.core.rulebook import load_rules
 from windowgate.core.timestamps import parse_iso_ms
 
 NOW = T0 + H
-PAGES = {PAGE: PageConfig(page_id=PAGE, access_token="page-token")}
+PAGES = {PAGE: PageConfig(page_id=PAGE)}
 API_TOKEN = "api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

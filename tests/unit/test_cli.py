@@ -31,6 +31,7 @@ def webhook_line(name: str) -> str:
 
 
 def request(request_id: str, **fields: Any) -> str:
+    fields.setdefault("message", {"text": "hello"})
     body = {"request_id": request_id, "page_id": PAGE, "user_id": USER, **fields}
     return orjson.dumps(body).decode()
 

@@ -297,7 +297,7 @@ def test_recurring_expiry_by_frequency_and_by_metas_timestamp() -> None:
 
 def test_marketing_needs_ad_account_and_allowed_region() -> None:
     state = _rn_state(at("2026-03-01"))
-    req = request(purpose="marketing", topic="weekly-deals")
+    req = request(purpose="marketing", topic="weekly-deals", message={"message_id": "campaign-1"})
     when = at("2026-03-02")
     assert decide(state, req, when, RULES).reason == "region_excluded"  # region unknown
     no_account = RULES.with_pages({PAGE: PageConfig(page_id=PAGE, region="US")})
@@ -419,7 +419,10 @@ ALL_REFUSALS: frozenset[str] = frozenset(get_args(RefusedReason))  # every code,
 
 
 def test_every_refusal_reason_has_a_test_above() -> None:
-    source = Path(__file__).read_text(encoding="utf-8").split("ALL_REFUSALS")[0]
+    source = "".join(  # this file above the list, and the other test_decide_*.py files
+        path.read_text(encoding="utf-8").split("ALL_REFUSALS")[0]
+        for path in sorted(Path(__file__).parent.glob("test_decide*.py"))
+    )
     missing = {r for r in ALL_REFUSALS if f'"{r}"' not in source}
     assert not missing
 

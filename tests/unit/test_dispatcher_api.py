@@ -75,7 +75,7 @@ class Window:
 
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], Window]]:
-    rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE, access_token=PAGE_TOKEN)})
+    rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE)})
     gateway = OfflineGateway(rules)
     gateway.apply_events([message(T0, "m-open"), otn(T0, "otn-1", "restock")])
     decisions = DecisionWatcher("unused:9092", Topics("t."), recent=100)
@@ -94,6 +94,7 @@ async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], Window]]:
         api_tokens=(API_TOKEN,),
         wait_s=0.3,
         outcome_wait_s=0.3,
+        page_tokens={PAGE: PAGE_TOKEN},
     )
     async with TestClient(TestServer(api.app())) as client:
         yield client, window

@@ -60,7 +60,7 @@ async def _no_requests(request: SendRequest) -> None:
 
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], EventLog]]:
-    rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE, access_token="page-token")})
+    rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE)})
     log = EventLog(OfflineGateway(rules))
     api = DispatcherApi(
         rules=rules,

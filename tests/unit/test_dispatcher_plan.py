@@ -30,7 +30,7 @@ from windowgate.core.rulebook import load_rules
 from windowgate.meta.graph_errors import classify
 from windowgate.meta.send_api import GraphCall
 
-BOOK = load_rules(None, {PAGE: PageConfig(page_id=PAGE, access_token="page-token", region="DE")})
+BOOK = load_rules(None, {PAGE: PageConfig(page_id=PAGE, region="DE")})
 NOW = T0 + H
 STATE = fold(
     fold(fold(empty(), otn(T0 - H, "otn-1")), rn_optin(T0 - H, "rn-1")), message(T0, "m-open")
@@ -57,7 +57,17 @@ def worker(*log: TokenUse) -> PartitionWorker:
     )
     limiter = PageRateLimiter({"text": 1.0, "media": 1.0})
     deliverer = Deliverer(NoGraph(), limiter, max_retries=0, backoff_s=0.0, backoff_cap_s=0.0)
-    w = PartitionWorker(Deps(config, Topics("t."), BOOK, deliverer, clock=lambda: NOW), 0)
+    w = PartitionWorker(
+        Deps(
+            config,
+            Topics("t."),
+            BOOK,
+            deliverer,
+            clock=lambda: NOW,
+            page_tokens={PAGE: "page-token"},
+        ),
+        0,
+    )
     for record in log:
         apply_token(w.tokens, record)
     return w

@@ -29,6 +29,7 @@ def fixture(name: str) -> Any:
 
 
 def req(request_id: str, **fields: Any) -> SendRequest:
+    fields.setdefault("message", {"text": "hello"})
     return SendRequest(request_id=request_id, page_id=PAGE, user_id=USER, **fields)
 
 

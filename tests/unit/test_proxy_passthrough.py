@@ -23,7 +23,7 @@ from windowgate.meta.send_api import CannotSend, build_call
 from windowgate.offline import OfflineGateway
 
 V = "v25.0"
-CONFIG = PageConfig(page_id=PAGE, access_token="tok")
+CONFIG = PageConfig(page_id=PAGE)
 EXTRA = {
     "notification_type": "SILENT_PUSH",
     "persona_id": "p1",

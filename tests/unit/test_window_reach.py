@@ -161,7 +161,12 @@ def user_states(users: list[tuple[list[Event], list[Send]]], rules: RuleBook) ->
         state = fold_all(UserState(page_id=PAGE, user_id=user), moved)
         for i, (h, purpose, topic) in enumerate(sends):
             request = SendRequest(
-                request_id=f"s{i}", page_id=PAGE, user_id=user, purpose=purpose, topic=topic
+                request_id=f"s{i}",
+                page_id=PAGE,
+                user_id=user,
+                purpose=purpose,
+                topic=topic,
+                message={"text": "hello"},
             )
             decision = decide(state, request, T0 + h * H, rules)
             if decision.allowed:
@@ -288,7 +293,12 @@ def test_a_user_in_cooldown_is_counted_again_when_it_ends() -> None:
     )
     state = fold(UserState(page_id=PAGE, user_id="u1"), optin)
     request = SendRequest(
-        request_id="r1", page_id=PAGE, user_id="u1", purpose="recurring", topic="deals"
+        request_id="r1",
+        page_id=PAGE,
+        user_id="u1",
+        purpose="recurring",
+        topic="deals",
+        message={"text": "hello"},
     )
     decision = decide(state, request, now, RULES)
     assert decision.allowed
@@ -322,7 +332,12 @@ def test_a_preferred_token_out_of_its_cooldown_takes_over_at_that_instant() -> N
         )
         state = fold(state, optin)
     request = SendRequest(
-        request_id="r1", page_id=PAGE, user_id="u1", purpose="recurring", topic="deals"
+        request_id="r1",
+        page_id=PAGE,
+        user_id="u1",
+        purpose="recurring",
+        topic="deals",
+        message={"text": "hello"},
     )
     decision = decide(state, request, now, RULES)
     assert decision.token == "rn-a"

@@ -15,9 +15,11 @@ from typing import Any
 from schemas.decision import Alternative, Decision
 from schemas.request import SendRequest
 from schemas.state import OtnToken, PageState, RecurringToken, UserState
-from schemas.types import Mechanism, Platform, Reason
+from schemas.types import Mechanism, OptinTemplate, Platform, Purpose, Reason
+from windowgate.core.fold import REMEMBERED_OPTIN_ASKS
+from windowgate.core.message import OptinRequest, message_problem, optin_request
 from windowgate.core.pages import PageConfig
-from windowgate.core.rulebook import Lookup, RuleBook
+from windowgate.core.rulebook import Lookup, Rule, RuleBook
 from windowgate.core.timeconst import DAY_MS, HOUR_MS, add_months
 from windowgate.core.timestamps import ms_to_iso
 
@@ -97,7 +99,7 @@ def _refuse(reason: Reason, detail: str, mechanism: Mechanism | None = None) -> 
     return Verdict(False, reason, detail, mechanism)
 
 
-def _from_lookup(lookup: Lookup, mechanism: Mechanism) -> Verdict:
+def _from_lookup(lookup: Lookup, mechanism: Mechanism | None) -> Verdict:
     return _refuse(lookup.reason or "invalid_request", lookup.detail, mechanism)
 
 
@@ -483,14 +485,25 @@ def decide(
         if past.request_id == request.request_id:
             return past.as_duplicate()
     ctx = Context(state, now, rules, rules.page(request.page_id), request.platform)
-    verdict = _precheck(ctx, request, page_state) or _PURPOSES[request.purpose](ctx, request)
+    verdict = _precheck(ctx, request, page_state)
+    ask = optin_request(request.message) if verdict is None else None
+    if verdict is None:
+        verdict = (
+            _PURPOSES[request.purpose](ctx, request)
+            if ask is None
+            else optin_request_verdict(ctx, request.purpose, ask)
+        )
+    unsendable = _unsendable(verdict, request.message, request.sender_action is not None)
+    verdict = unsendable or verdict
     if (
         verdict.allowed
         and request.send_by is not None
         and (verdict.valid_until is None or request.send_by < verdict.valid_until)
     ):
         verdict = verdict.with_valid_until(request.send_by)
-    alternatives = () if verdict.allowed else _alternatives(ctx, page_state, verdict)
+    alternatives = () if verdict.allowed or unsendable else _alternatives(ctx, page_state, verdict)
+    if ask is not None:
+        alternatives = _optin_alternatives(alternatives, verdict)
     return Decision(
         request_id=request.request_id,
         page_id=request.page_id,
@@ -507,7 +520,8 @@ def decide(
         platform=request.platform,
         rule=verdict.rule,
         token=verdict.token,
-        topic=verdict.topic,
+        topic=verdict.topic if ask is None else ask.key,
+        optin_request=ask.template if ask is not None else None,
     )
 
 
@@ -522,3 +536,113 @@ def _precheck(ctx: Context, request: SendRequest, page_state: PageState | None) 
 def still_valid(decision: Decision, now: int) -> bool:
     """I6: just before the Graph call, is an allowed decision still inside its validity?"""
     return decision.allowed and (decision.valid_until is None or now < decision.valid_until)
+
+
+def _unsendable(
+    verdict: Verdict, message: dict[str, Any] | None, sender_action: bool = False
+) -> Verdict | None:
+    """Allowed means sendable: a grant whose body Meta would refuse is `invalid_request`, naming
+    the field, before its token is reserved (the same check send_api runs before the call). No
+    alternatives then: no mechanism can carry that body. A sender action (typing, mark_seen)
+    carries no message at all."""
+    if not verdict.allowed:
+        return None
+    if sender_action:
+        if message is None:
+            return None
+        return _refuse(
+            "invalid_request", "message: a sender_action carries none", verdict.mechanism
+        )
+    problem = message_problem(message, verdict.mechanism)
+    if problem is None:
+        return None
+    return _refuse("invalid_request", problem.sentence, verdict.mechanism)
+
+
+# ---- opt-in requests (DESIGN.md §4.6; platform-rules §3, R-RN-3) -------------------------------
+
+_OPTIN_KINDS: dict[OptinTemplate, str] = {
+    "one_time_notif_req": "otn_request",
+    "notification_messages": "recurring_request",
+}
+_WINDOW_PURPOSES: dict[str, Mechanism] = {
+    "auto": "RESPONSE",
+    "response": "RESPONSE",
+    "update": "UPDATE",
+}
+
+
+def optin_request_verdict(ctx: Context, purpose: Purpose, ask: OptinRequest) -> Verdict:
+    """Asking for permission is a window send: RESPONSE or UPDATE inside the 24 h window, never a
+    token, a tag or a template (those are what the user is being asked to allow), and for
+    recurring messages at most the rule's count per user and title in its period (R-RN-3)."""
+    found = ctx.lookup(_OPTIN_KINDS[ask.template])
+    mechanism = _WINDOW_PURPOSES.get(purpose)
+    if found.rule is None:
+        return _from_lookup(found, mechanism)
+    rule = found.rule
+    what = f"a {ask.template} opt-in request"
+    if mechanism is None:
+        return _refuse(
+            "optin_request_purpose",
+            f"{what} is sent only as a RESPONSE or UPDATE inside the 24 h window, never with "
+            f"purpose {purpose!r} ({rule.id})",
+        )
+    window = window_verdict(ctx, mechanism)
+    if not window.allowed:
+        if window.reason != "window_closed":
+            return window
+        return _refuse(
+            "optin_request_outside_window",
+            f"{what} is sent only inside the 24 h window ({rule.id}): {window.detail}",
+            mechanism,
+        )
+    if ask.template == "notification_messages":
+        limited = _ask_limit(ctx, rule, ask.title, mechanism)
+        if limited is not None:
+            return limited
+    return Verdict(
+        True,
+        window.reason,
+        f"{what} inside the window ({rule.id}); {window.detail}",
+        mechanism,
+        rule.id,
+        window.valid_until,
+        topic=ask.key,
+    )
+
+
+def _ask_limit(ctx: Context, rule: Rule, title: str, mechanism: Mechanism) -> Verdict | None:
+    """R-RN-3: refused when `per_title` requests with this title fall in the last `days` days."""
+    per, days = rule.int_param("per_title"), rule.int_param("days")
+    period = days * DAY_MS
+    since = ctx.now - period
+    asks = ctx.state.optin_asks
+    recent = sorted(a.at for a in asks if a.title == title and a.at > since)
+    if len(recent) >= per:
+        next_at = recent[-per] + period
+        return _refuse(
+            "optin_request_limit",
+            f"{rule.id} allows {per} recurring opt-in request(s) per user and title in {days} "
+            f"days; {title!r} was asked at {_at(recent[-1])}; the next one from {_at(next_at)}",
+            mechanism,
+        ).with_usable_from(next_at)
+    if len(asks) >= REMEMBERED_OPTIN_ASKS and asks[0].at > since:
+        next_at = asks[0].at + period
+        return _refuse(
+            "optin_request_limit",
+            f"the user was sent {len(asks)} recurring opt-in requests in {days} days, as many as "
+            f"windowgate remembers: it cannot tell whether {title!r} was one of those it forgot "
+            f"({rule.id}); the next one from {_at(next_at)}",
+            mechanism,
+        ).with_usable_from(next_at)
+    return None
+
+
+def _optin_alternatives(
+    alternatives: tuple[Alternative, ...], verdict: Verdict
+) -> tuple[Alternative, ...]:
+    """Only a window send can carry an opt-in request, and none can past the weekly limit."""
+    if verdict.reason == "optin_request_limit":
+        return ()
+    return tuple(a for a in alternatives if a.mechanism in ("RESPONSE", "UPDATE"))

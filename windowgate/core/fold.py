@@ -41,12 +41,16 @@ from schemas.events import (
     UserUnavailable,
     WindowClosedByMeta,
 )
-from schemas.state import OtnToken, PageState, RecurringToken, TokenStatus, UserState
+from schemas.state import OptinAsk, OtnToken, PageState, RecurringToken, TokenStatus, UserState
 from schemas.types import TOKEN_MECHANISMS
 
 # How many past decisions a user's state remembers for duplicate request_ids (I3). Older duplicates
 # are decided afresh; tokens stay safe regardless, because a spent token is never granted again.
 REMEMBERED_DECISIONS = 32
+# How many allowed recurring opt-in requests a user's state remembers (R-RN-3 counts them per
+# title): the latest by time, whatever the order they are folded in. `decide` refuses rather than
+# guess when all of them fall inside the rule's period.
+REMEMBERED_OPTIN_ASKS = 16
 
 # Forward-only order of an OTN token's life-cycle; a later rank never goes back (except release).
 _STATUS_RANK: dict[TokenStatus, int] = {"available": 0, "reserved": 1, "unknown": 2, "spent": 3}
@@ -293,7 +297,17 @@ def _on_request_decided(state: UserState, event: RequestDecided) -> UserState:
     state = replace(state, decisions=_remember(state.decisions, decision))
     if decision.allowed and decision.token and decision.mechanism in TOKEN_MECHANISMS:
         state = _reserve(state, decision.token, decision.request_id, decision.decided_at)
+    if decision.allowed and decision.optin_request == "notification_messages" and decision.topic:
+        state = _remember_ask(state, OptinAsk(decision.decided_at, decision.topic))
     return state
+
+
+def _remember_ask(state: UserState, ask: OptinAsk) -> UserState:
+    """The set of asks, cut to the latest few: idempotent and order-free (a top-N of a set)."""
+    if ask in state.optin_asks:
+        return state
+    asks = tuple(sorted((*state.optin_asks, ask))[-REMEMBERED_OPTIN_ASKS:])
+    return state if asks == state.optin_asks else replace(state, optin_asks=asks)
 
 
 def _on_token_spent(state: UserState, event: TokenSpent) -> UserState:

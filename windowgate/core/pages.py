@@ -1,4 +1,9 @@
-"""Per-page settings (DESIGN.md §4.2 pages file): permissions, region, rule overrides."""
+"""Per-page settings (DESIGN.md §4.2 pages file): permissions, region, rule overrides.
+
+The same file holds each page's access token, a credential: the policy never needs one, so a
+PageConfig holds none and the rule book (which every window worker and the core carry) neither.
+Only the dispatcher reads the tokens (`services.dispatcher.credentials`), from the same file.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ class PageConfig:
     """Unlisted pages get these defaults: no HUMAN_AGENT, region unknown (most restrictive)."""
 
     page_id: str
-    access_token: str | None = None
     human_agent: bool = False
     region: str | None = None
     ad_account_id: str | None = None
@@ -42,6 +46,8 @@ HUMAN_AGENT_PROOFS: tuple[HumanAgentProof, ...] = ("header", "persona", "trust_t
 _KNOWN_KEYS = frozenset({"access_token", "human_agent", "region", "ad_account_id", "rules"})
 _KNOWN_KEYS |= {"label_rules"}  # segments (README, Labels)
 _KNOWN_KEYS |= {"human_agent_proof", "personas"}  # the proxy's HUMAN_AGENT proof
+TOKEN_KEY = "access_token"
+"""A page's credential in the file: checked here (a string), kept only by the dispatcher."""
 
 
 def _opt_str(entry: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -74,9 +80,9 @@ def parse_pages(data: Any, path: str = "") -> dict[str, PageConfig]:
             raise PagesError(f"{where}.rules", 'expected {"<rule id>": {...override...}}')
         region = _opt_str(entry, "region", where)
         proof, personas = _human_agent_proof(entry, where)
+        _opt_str(entry, TOKEN_KEY, where)  # checked, never kept
         pages[page_id] = PageConfig(
             page_id=page_id,
-            access_token=_opt_str(entry, "access_token", where),
             human_agent=human_agent,
             region=region.upper() if region else None,
             ad_account_id=_opt_str(entry, "ad_account_id", where),
@@ -148,11 +154,15 @@ def _human_agent_proof(
     return cast(HumanAgentProof, proof), dict(personas)
 
 
-def load_pages(path: str | Path) -> dict[str, PageConfig]:
+def read_pages_file(path: str | Path) -> Any:
+    """The pages file's JSON, unchecked (`parse_pages` checks it)."""
     try:
-        data = orjson.loads(Path(path).read_bytes())
+        return orjson.loads(Path(path).read_bytes())
     except OSError as exc:
         raise PagesError("", f"cannot read pages file {path}: {exc.strerror}") from exc
     except orjson.JSONDecodeError as exc:
         raise PagesError("", f"pages file {path} is not valid JSON: {exc}") from exc
-    return parse_pages(data)
+
+
+def load_pages(path: str | Path) -> dict[str, PageConfig]:
+    return parse_pages(read_pages_file(path))

@@ -31,7 +31,12 @@ RULE_KINDS = (
     "recurring",
     "recurring_cooldown",
     "marketing",
+    "otn_request",
+    "recurring_request",
 )
+# Integer parameters `decide` reads from a kind's rules, checked when the file is loaded so that a
+# typo in the data is a load error naming the field, not a failed decision.
+_INT_PARAMS: dict[str, tuple[str, ...]] = {"recurring_request": ("per_title", "days")}
 _RULE_KEYS = frozenset(
     {
         "id",
@@ -187,6 +192,10 @@ def _parse_rule(raw: Any, path: str) -> list[Rule]:
         source=str(raw.get("source", "")),
         summary=str(raw.get("summary", "")),
     )
+    for name in _INT_PARAMS.get(kind, ()):
+        value = base.int_param(name)  # raises RulesError naming <id>.params.<name>
+        if value < 1:
+            raise RulesError(f"{rule_id}.params.{name}", "expected a positive integer")
     if tags is None:
         return [base]
     return [replace(base, tag=tag) for tag in sorted(tags)]

@@ -276,6 +276,10 @@ REFUSAL_CODES: dict[str, tuple[int, int | None]] = {
     "no_token_for_topic": (100, None),
     "token_expired": (100, None),
     "token_spent": (100, None),
+    # opt-in requests: outside the window Meta answers as for any send; a token or tag is a bad
+    # parameter for a template that asks for one (the weekly limit keeps the default code 10)
+    "optin_request_outside_window": (10, 2018278),
+    "optin_request_purpose": (100, None),
 }
 DEFAULT_REFUSAL: tuple[int, int | None] = (10, None)
 """Permission-type refusals (not permitted, mechanism ended or disabled, region): Meta's code 10."""

@@ -13,7 +13,10 @@ Pure. The mechanism the decision names fixes the recipient and `messaging_type`:
     MARKETING    /{v}/act_{account}/messages messenger_delivery_data.subscription_token, and the
                                              campaign's message_id (from message.message_id)
 
-The message body is the request's own `message` (carried on the decisions topic). Every other
+The message body is the request's own `message` (carried on the decisions topic); its shape is
+checked by `windowgate.core.message.message_problem`, the check `decide` already ran before it
+allowed the request, so an allowed decision only meets CannotSend here for what the window cannot
+see (a page setting missing on the delivery side, a record written by an older version). Every other
 field of the caller's Send API body (`graph_fields`: `notification_type`, `persona_id`, `reply_to`,
 `metadata`, anything unknown) goes out unchanged; windowgate sets only the recipient, the
 `messaging_type` and `tag` of the decided mechanism, and the message.
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from schemas.decision import DecisionRecord
-from schemas.types import TOKEN_MECHANISMS
+from schemas.types import TOKEN_MECHANISMS, Mechanism
+from windowgate.core.message import message_problem
 from windowgate.core.pages import PageConfig
 
 RateClass = Literal["text", "media"]
@@ -45,9 +49,6 @@ WINDOWGATE_SETS = frozenset({"recipient", "messaging_type", "tag", "message", "a
 in a header)."""
 
 WINDOW_MECHANISMS = frozenset({"RESPONSE", "UPDATE", "HUMAN_AGENT"})
-
-TEXT_LIMIT = 2000
-"""Meta refuses text of 2,000 characters or more (M-SENDAPI)."""
 
 
 class CannotSend(ValueError):
@@ -77,12 +78,11 @@ def rate_class(message: dict[str, Any] | None) -> RateClass:
     return "media" if any(k in MEDIA_TYPES for k in kinds) else "text"
 
 
-def _check_message(message: dict[str, Any] | None) -> dict[str, Any]:
-    if not message:
-        raise CannotSend("the request carries no message to send")
-    text = message.get("text")
-    if isinstance(text, str) and len(text) >= TEXT_LIMIT:
-        raise CannotSend(f"message.text has {len(text)} characters; Meta allows fewer than 2000")
+def _check_message(message: dict[str, Any] | None, mechanism: Mechanism) -> dict[str, Any]:
+    """`message` if Meta can take it for `mechanism` (decide's own check), else CannotSend."""
+    problem = message_problem(message, mechanism)
+    if problem is not None or message is None:
+        raise CannotSend(problem.sentence if problem else "message: required")
     return message
 
 
@@ -112,17 +112,16 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
     if mechanism == "MARKETING":
         if not page.ad_account_id:
             raise CannotSend(f"page {page.page_id} has no ad_account_id in the pages file")
-        message = record.message or {}
-        campaign = message.get("message_id")
-        if not isinstance(campaign, str) or not campaign:
-            raise CannotSend("a MARKETING send needs message.message_id (the campaign message)")
+        message = _check_message(record.message, mechanism)
         campaign_body = {
             **{k: v for k, v in message.items() if k != "message_id"},
-            "message_id": campaign,
+            "message_id": message["message_id"],
             "messenger_delivery_data": {"subscription_token": decision.token},
         }
         path = ad_account_path(version, page.ad_account_id)
         return GraphCall(path, campaign_body, "text", decision.page_id)
+    if mechanism is None:
+        raise CannotSend("no Graph call for a decision without a mechanism")
     extra = passthrough(record)
     body: dict[str, Any]
     if sender_action_of(record) is not None:
@@ -132,7 +131,7 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
             raise CannotSend(f"a sender_action needs the window, not {mechanism}")
         body = {**extra, "recipient": {"id": decision.user_id}}
         return GraphCall(messages_path, body, "text", decision.page_id)
-    message = _check_message(record.message)
+    message = _check_message(record.message, mechanism)
     if mechanism == "OTN":
         body = {"recipient": {"one_time_notif_token": decision.token}, "message": message}
     elif mechanism == "RECURRING":

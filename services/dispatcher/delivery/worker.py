@@ -45,6 +45,7 @@ from services.common.deadletter import dead_letter_record
 from services.common.kafka import fencing_producer
 from services.common.runtime import now_ms
 from services.dispatcher.config import CrashPoint, DispatcherConfig
+from services.dispatcher.credentials import PageTokens
 from services.dispatcher.delivery.dispatchlog import (
     Attempt,
     LogRecord,
@@ -120,6 +121,7 @@ class Deps:
     rules: RuleBook
     deliverer: Deliverer
     clock: Callable[[], int] = now_ms
+    page_tokens: PageTokens = field(default_factory=dict)  # credentials: delivery's alone
 
 
 class PartitionWorker:
@@ -307,7 +309,8 @@ class PartitionWorker:
             plan.settled.append(not_sent(attempt, now, _expired(decision.valid_until, now)))
             return
         page = self.deps.rules.page(decision.page_id)
-        if not page.access_token:
+        access_token = self.deps.page_tokens.get(decision.page_id)
+        if not access_token:
             detail = (
                 f"page {decision.page_id} has no access_token in the pages file "
                 "(WINDOWGATE_PAGES): nothing was sent"
@@ -319,7 +322,7 @@ class PartitionWorker:
         except CannotSend as exc:
             plan.settled.append(not_sent(attempt, now, exc.detail))
             return
-        plan.jobs.append(Job(decided, attempt, call, page.access_token))
+        plan.jobs.append(Job(decided, attempt, call, access_token))
         if hold is not None:
             plan.tokens[hold.key] = hold
 

@@ -42,6 +42,7 @@ from schemas.codec import SchemaError, loads
 from schemas.decision import DecisionRecord, decision_to_wire
 from schemas.request import SendRequest, request_from_wire
 from services.common.auth import bearer_middleware
+from services.dispatcher.credentials import PageTokens
 from services.dispatcher.delivery.dispatchlog import Done, done_to_wire
 from services.dispatcher.front.broadcasts import BroadcastFront
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
@@ -122,8 +123,10 @@ class DispatcherApi:
         publish_event: PublishEvent | None = None,
         uploader: Uploader | None = None,
         broadcasts: BroadcastFront | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self.rules = rules
+        self.page_tokens: PageTokens = page_tokens or {}  # the proxy checks callers against them
         self.decisions = decisions
         self.outcomes = outcomes
         self.tokens = tokens
@@ -292,9 +295,10 @@ class DispatcherApi:
             )
         given = token.encode()
         found: PageConfig | None = None
-        for page in self.rules.pages.values():
-            if page.access_token and hmac.compare_digest(given, page.access_token.encode()):
-                found = page
+        for page_key, page_token in self.page_tokens.items():
+            matches = hmac.compare_digest(given, page_token.encode())
+            if matches and (found is None or page_key == page_id):  # one token, several pages
+                found = self.rules.page(page_key)
         if found is None:
             raise ProxyError(
                 190, "Invalid OAuth access token - Cannot parse access token", "invalid_token"
@@ -369,13 +373,11 @@ class DispatcherApi:
         try:
             check_extension_headers(request.headers.keys())
             body, upload = await read_meta_body(request)
-            page = self._page_for(request.match_info.get("page_id"), self._token_of(request, body))
+            token = self._token_of(request, body)
+            page = self._page_for(request.match_info.get("page_id"), token)
             ask = parse_body(body)
-            if upload is not None:
-                assert page.access_token is not None
-                message = await uploaded_message(
-                    self.uploader, page.access_token, ask.message, upload
-                )
+            if upload is not None and token is not None:  # _page_for refused a missing token
+                message = await uploaded_message(self.uploader, token, ask.message, upload)
                 ask = replace(ask, message=message)
             send, note = await self._proxy_request(request, ask, page)
         except ProxyError as exc:
@@ -417,11 +419,10 @@ class DispatcherApi:
         try:
             check_extension_headers(request.headers.keys())
             body, file = await read_meta_body(request)
-            page = self._page_for(request.match_info.get("page_id"), self._token_of(request, body))
-            assert page.access_token is not None
-            status, answer = await upload(
-                self.uploader, page.access_token, body.get("message"), file
-            )
+            token = self._token_of(request, body)
+            self._page_for(request.match_info.get("page_id"), token)  # the page's own token
+            assert token is not None  # _page_for refused a missing token
+            status, answer = await upload(self.uploader, token, body.get("message"), file)
         except ProxyError as exc:
             return _json(proxy_error(exc, trace), exc.status)
         return _json(answer, status)

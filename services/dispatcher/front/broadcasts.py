@@ -49,9 +49,10 @@ from schemas.codec import SchemaError, did_you_mean, loads, to_wire
 from schemas.topics import Topics
 from services.common.topics import TopicSpec, ensure_topic_specs
 from windowgate.client import Tail
+from windowgate.core.message import CONTENT_KEYS
+from windowgate.core.message import message_problem as body_problem
 from windowgate.core.pages import PageConfig
 from windowgate.core.timestamps import ms_to_iso, parse_iso_ms
-from windowgate.meta.send_api import TEXT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,7 @@ NOT_FOR_BROADCASTS: Final = {
     "tag": "message tags are for non-promotional updates to one user, never a broadcast",
 }
 
-MESSAGE_CONTENT: Final = ("text", "attachment", "attachments", "template")
-MESSAGE_KEYS: Final = (*MESSAGE_CONTENT, "quick_replies", "metadata")
-ATTACHMENT_TYPES: Final = ("image", "audio", "video", "file", "template")
-MAX_QUICK_REPLIES: Final = 13
-MAX_METADATA: Final = 1000
+MESSAGE_KEYS: Final = (*CONTENT_KEYS, "quick_replies", "metadata")
 
 FINAL_STATES: Final[frozenset[str]] = frozenset({"done", "cancelled"})
 COUNTS: Final = ("audience", "decided", "sent", "failed", "unknown", "delivered", "read")
@@ -96,70 +93,18 @@ def new_broadcast_id() -> str:
 
 
 def message_problem(message: Any) -> SchemaError | None:
-    """Why `message` is not a Graph Send API `message` object windowgate can send, or None.
-    (windowgate's `template.name` is the approved utility template.)"""
-    if not isinstance(message, dict) or not message:
-        return SchemaError("message", 'expected Graph\'s message object, e.g. {"text": "Hello"}')
-    for key in message:
-        if key not in MESSAGE_KEYS:
-            hint = did_you_mean(str(key), MESSAGE_KEYS)
-            return SchemaError(
-                f"message.{key}", f"unknown field{hint}; a message has {', '.join(MESSAGE_KEYS)}"
-            )
-    content = [key for key in MESSAGE_CONTENT if key in message]
-    if len(content) != 1:
-        return SchemaError(
-            "message",
-            f"needs exactly one of {', '.join(MESSAGE_CONTENT)}"
-            + (f", got {' and '.join(content)}" if content else ""),
-        )
-    text = message.get("text")
-    if "text" in message and (not isinstance(text, str) or not text.strip()):
-        return SchemaError("message.text", "expected non-empty text")
-    if isinstance(text, str) and len(text) >= TEXT_LIMIT:
-        return SchemaError(
-            "message.text", f"has {len(text)} characters; Meta allows fewer than {TEXT_LIMIT}"
-        )
-    if "attachment" in message:
-        problem = _attachment_problem(message["attachment"], "message.attachment")
-        if problem is not None:
-            return problem
-    if "attachments" in message:
-        attachments = message["attachments"]
-        if not isinstance(attachments, list) or not attachments:
-            return SchemaError("message.attachments", "expected a non-empty list")
-        for n, attachment in enumerate(attachments):
-            problem = _attachment_problem(attachment, f"message.attachments.{n}")
-            if problem is not None:
-                return problem
-    if "template" in message:
-        template = message["template"]
-        if not isinstance(template, dict) or not isinstance(template.get("name"), str):
-            return SchemaError("message.template.name", "expected the approved template's name")
-    replies = message.get("quick_replies")
-    if "quick_replies" in message and (
-        not isinstance(replies, list)
-        or not 0 < len(replies) <= MAX_QUICK_REPLIES
-        or not all(isinstance(r, dict) and r.get("content_type") for r in replies)
-    ):
-        return SchemaError(
-            "message.quick_replies",
-            f"expected 1 to {MAX_QUICK_REPLIES} objects, each with a content_type",
-        )
-    metadata = message.get("metadata")
-    if "metadata" in message and (not isinstance(metadata, str) or len(metadata) > MAX_METADATA):
-        return SchemaError("message.metadata", f"expected a string of at most {MAX_METADATA}")
-    return None
-
-
-def _attachment_problem(attachment: Any, where: str) -> SchemaError | None:
-    if not isinstance(attachment, dict):
-        return SchemaError(where, "expected an object with type and payload")
-    if attachment.get("type") not in ATTACHMENT_TYPES:
-        return SchemaError(f"{where}.type", f"expected one of {', '.join(ATTACHMENT_TYPES)}")
-    if not isinstance(attachment.get("payload"), dict):
-        return SchemaError(f"{where}.payload", "expected an object")
-    return None
+    """Why `message` cannot be broadcast: an unknown key (a typo would go to every recipient),
+    or what makes a body unsendable — the one check decide runs (windowgate.core.message)."""
+    if isinstance(message, dict):
+        for key in message:
+            if key not in MESSAGE_KEYS:
+                hint = did_you_mean(str(key), MESSAGE_KEYS)
+                return SchemaError(
+                    f"message.{key}",
+                    f"unknown field{hint}; a message has {', '.join(MESSAGE_KEYS)}",
+                )
+    found = body_problem(message)
+    return None if found is None else SchemaError(found.field, found.problem)
 
 
 def _check_audience(spec: BroadcastSpec) -> None:

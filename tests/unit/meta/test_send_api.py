@@ -13,7 +13,7 @@ from windowgate.core.pages import PageConfig
 from windowgate.meta.send_api import CannotSend, build_call, rate_class
 
 V = "v25.0"
-CONFIG = PageConfig(page_id=PAGE, access_token="tok", ad_account_id="act_998877")
+CONFIG = PageConfig(page_id=PAGE, ad_account_id="act_998877")
 TEXT = {"text": "Your order has shipped"}
 
 
@@ -107,7 +107,7 @@ def test_marketing_needs_the_campaign_message_and_the_account() -> None:
 
 
 def test_no_message_or_too_long_text_is_refused_before_the_call() -> None:
-    with pytest.raises(CannotSend, match="no message"):
+    with pytest.raises(CannotSend, match="message: required"):
         body_for(allowed("RESPONSE"), None)
     with pytest.raises(CannotSend, match="2000"):
         body_for(allowed("RESPONSE"), {"text": "x" * 2000})
