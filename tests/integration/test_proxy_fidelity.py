@@ -108,12 +108,15 @@ async def proxy(kafka_bootstrap: str) -> AsyncIterator[Proxy]:
         await window.start()
         stack.push_async_callback(window.stop)
         service = DispatcherService(
-            config(kafka_bootstrap, prefix, standin.base_url), BOOK, host="127.0.0.1"
+            config(kafka_bootstrap, prefix, standin.base_url),
+            BOOK,
+            host="127.0.0.1",
+            page_tokens=TOKENS,
         )
         await service.start()
         stack.push_async_callback(service.stop)
         slow_cfg = config(kafka_bootstrap, prefix, standin.base_url, outcome_wait_s=0.4, role="api")
-        slow = DispatcherService(slow_cfg, BOOK, host="127.0.0.1")
+        slow = DispatcherService(slow_cfg, BOOK, host="127.0.0.1", page_tokens=TOKENS)
         await slow.start()
         stack.push_async_callback(slow.stop)
         http = aiohttp.ClientSession()
