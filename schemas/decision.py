@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
-from schemas.types import Mechanism, Platform, Reason
+from schemas.types import Mechanism, Platform, Reason, RecipientKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,9 @@ class Decision:
     rule: str | None = None
     token: str | None = None
     topic: str | None = None
+    # How the Graph call addresses the user when not by id (a PRIVATE_REPLY's token is the
+    # comment / post id; a user_ref is the decision's user_id). None: recipient.id or the token.
+    recipient: RecipientKind | None = None
 
     def as_duplicate(self) -> Decision:
         return replace(self, duplicate=True)

@@ -28,6 +28,14 @@ class SendRequest:
     message: dict[str, Any] | None = None
     send_by: int | None = None
     created_at: int | None = None
+    # Appended (issue 14): what the request spends or how it addresses the user.
+    token: str | None = None
+    """Spend exactly this OTN token (purpose otn or auto), not the oldest of its topic."""
+    private_reply_to: str | None = None
+    """A comment_id or post_id of this user's: the one private reply to it (R-WIN-5)."""
+    by_user_ref: bool = False
+    """`user_id` is a checkbox plugin's `user_ref` (its opt-in was keyed by it): the Graph call
+    addresses `recipient.user_ref` (R-WIN-2)."""
 
     def __post_init__(self) -> None:
         for name in ("request_id", "page_id", "user_id"):

@@ -105,6 +105,7 @@ class UserState:
         "recurring": "r",
         "decisions": "d",
         "labels": "lb",
+        "comments": "cm",
     }
 
     page_id: str
@@ -123,6 +124,11 @@ class UserState:
     recurring: tuple[RecurringToken, ...] = ()
     decisions: tuple[Decision, ...] = ()
     labels: tuple[str, ...] = ()  # sorted, each once (segments: DESIGN.md §4.6)
+    # The user's recent comments and visitor posts (R-WIN-5), each a one-time right to a private
+    # reply with the life-cycle of an OTN token: `token` is the comment / post id, `topic` the
+    # recipient field that names it ("comment_id" or "post_id"), `created_at` its time. Oldest
+    # first, the newest REMEMBERED_COMMENTS only (windowgate.core.fold).
+    comments: tuple[OtnToken, ...] = ()
 
     @property
     def key(self) -> str:

@@ -12,7 +12,15 @@ Purpose = Literal[
 ]
 
 Mechanism = Literal[
-    "RESPONSE", "UPDATE", "HUMAN_AGENT", "MESSAGE_TAG", "OTN", "RECURRING", "MARKETING", "UTILITY"
+    "RESPONSE",
+    "UPDATE",
+    "HUMAN_AGENT",
+    "MESSAGE_TAG",
+    "OTN",
+    "RECURRING",
+    "MARKETING",
+    "UTILITY",
+    "PRIVATE_REPLY",  # R-WIN-5: one message to the author of a comment or visitor post
 ]
 
 # Every reason code of DESIGN.md §4.5, plus the ones windowgate added (marked). A code keeps its
@@ -25,6 +33,7 @@ AllowedReason = Literal[
     "recurring_token",
     "marketing_token",
     "utility_template",
+    "private_reply",  # added by windowgate: R-WIN-5
 ]
 RefusedReason = Literal[
     "window_closed",
@@ -48,5 +57,14 @@ RefusedReason = Literal[
     # added by windowgate:
     "mechanism_disabled",  # the rule exists but is switched off (UNCONFIRMED rules default off)
     "page_not_configured",  # the page lacks a setting the mechanism needs (e.g. ad_account_id)
+    "token_not_found",  # the named OTN token is not one of this user's
+    "token_topic_mismatch",  # the named OTN token is on another topic than the request's
+    "no_comment",  # no comment or visitor post by this user with that id is known (R-WIN-5)
+    "private_reply_used",  # the comment / post already had its one private reply (R-WIN-5)
+    "private_reply_expired",  # the comment / post is older than the rule's 7 days (R-WIN-5)
 ]
 Reason = Literal[AllowedReason, RefusedReason]
+
+RecipientKind = Literal["user_ref", "comment_id", "post_id"]
+"""How a Graph call addresses its user when not by `recipient.id` (nor by a token): a checkbox
+plugin's `user_ref` (R-WIN-2), or the comment / visitor post of a private reply (R-WIN-5)."""

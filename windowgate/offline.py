@@ -32,8 +32,9 @@ from windowgate.meta.normalise import Unsupported, normalise
 
 __all__ = ["TOKEN_MECHANISMS", "Applied", "OfflineGateway"]
 
-TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING"})
-"""Mechanisms whose allowed decision uses (and offline: spends) a token."""
+TOKEN_MECHANISMS = frozenset({"OTN", "RECURRING", "MARKETING", "PRIVATE_REPLY"})
+"""Mechanisms whose allowed decision uses (and offline: spends) a one-time token (a private
+reply's is its comment or post id)."""
 
 
 @dataclass(frozen=True, slots=True)

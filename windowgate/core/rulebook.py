@@ -31,6 +31,7 @@ RULE_KINDS = (
     "recurring",
     "recurring_cooldown",
     "marketing",
+    "private_reply",
 )
 _RULE_KEYS = frozenset(
     {
