@@ -5,7 +5,9 @@
 - `TokenIndex` reads the opt-ins of `<prefix>events` from the beginning: which user and topic an
   OTN / recurring token belongs to, so the proxy can route a call addressed to a token. An opt-in
   never changes owner, so this index cannot disagree with the window's state (I1); it is only
-  consulted to route, never to decide.
+  consulted to route, never to decide. Comments and visitor posts are indexed the same way
+  (comment / post id → its author's key, `topic` = the recipient field), for private replies
+  addressed by `recipient.comment_id` / `post_id` (R-WIN-5).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRecord
 
 from schemas.codec import SchemaError
-from schemas.events import OtnOptin, RecurringOptin, decode_event
+from schemas.events import CommentReceived, OtnOptin, RecurringOptin, decode_event
 from services.dispatcher.delivery.dispatchlog import Done, decode_record
 from windowgate.client import AwaitingTail, Tail
 
@@ -45,7 +47,7 @@ class TokenOwner:
     platform: str
 
 
-_OPTIN_MARKERS = (b'"kind":"otn_optin"', b'"kind":"recurring_optin"')
+_OPTIN_MARKERS = (b'"kind":"otn_optin"', b'"kind":"recurring_optin"', b'"kind":"comment"')
 
 
 class TokenIndex(Tail):
@@ -66,7 +68,11 @@ class TokenIndex(Tail):
             event = decode_event(raw)
         except SchemaError:
             return
-        if isinstance(event, OtnOptin | RecurringOptin):
+        if isinstance(event, CommentReceived):
+            field = "comment_id" if event.comment_id else "post_id"
+            owner = TokenOwner(event.page_id, event.user_id, field, event.platform)
+            self.owners.setdefault(event.target, owner)
+        elif isinstance(event, OtnOptin | RecurringOptin):
             topic = event.topic or (event.title if isinstance(event, RecurringOptin) else None)
             self.owners.setdefault(
                 event.token, TokenOwner(event.page_id, event.user_id, topic, event.platform)
