@@ -626,6 +626,8 @@ _ADDRESSED_PURPOSES: dict[str, frozenset[str]] = {
 def _addressed(ctx: Context, request: SendRequest) -> Verdict | None:
     """A private reply (R-WIN-5) or a send by user_ref (R-WIN-2, the window the plugin opt-in
     opened); None for the rest, which their purpose decides (a named `token` included)."""
+    if request.private_reply_to is None and not request.by_user_ref and request.token is None:
+        return None  # the common case, on the hot path: no list built
     named = [
         name
         for name in ("token", "private_reply_to", "by_user_ref")
