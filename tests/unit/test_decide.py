@@ -471,8 +471,9 @@ def test_private_reply_once_within_7_days() -> None:
     )
     assert (first.token, first.recipient, first.rule) == ("c1", "comment_id", "R-WIN-5")
     assert first.valid_until == T0 + 7 * D
-    late = decide(state, ask, T0 + 7 * D, RULES)
-    assert (late.allowed, late.reason) == (False, "private_reply_expired")
+    for late_at in (T0 + 7 * D, T0 + 7 * D + 1):
+        late = decide(state, ask, late_at, RULES)
+        assert (late.allowed, late.reason) == (False, "private_reply_expired")
     state = fold(state, decided(first))
     second = decide(state, request("p2", private_reply_to="c1"), T0 + D, RULES)
     assert (second.allowed, second.reason) == (False, "private_reply_used")
