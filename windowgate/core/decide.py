@@ -219,8 +219,8 @@ def otn_verdict(ctx: Context, topic: str | None, named: str | None = None) -> Ve
 def _one_time_refusal(token: OtnToken, what: str, used: Reason, mechanism: Mechanism) -> Verdict:
     """Why a one-time token (an OTN token, a comment's private reply) that is not available
     cannot be used: which request holds it, and whether Meta may have delivered it."""
-    state = {"reserved": "reserved by", "unknown": "possibly delivered (unknown outcome) by"}
-    held = state.get(token.status, "used by")
+    how = {"reserved": "reserved by", "unknown": "possibly delivered (unknown outcome) by"}
+    held = how.get(token.status, "used by")
     by = f" request {token.request_id}" if token.request_id else " a send (Meta said so)"
     return _refuse(used, f"{what} is {held}{by}", mechanism)
 
@@ -468,7 +468,7 @@ def _auto(ctx: Context, request: SendRequest) -> Verdict:
         return window
     if request.human_author:
         human = human_agent_verdict(ctx, request.human_author)
-        if human.allowed or not request.topic:
+        if human.allowed or not (request.topic or request.token):
             return human
     if request.topic or request.token:
         return otn_verdict(ctx, request.topic, request.token)
@@ -633,8 +633,6 @@ def _addressed(ctx: Context, request: SendRequest) -> Verdict | None:
         for name in ("token", "private_reply_to", "by_user_ref")
         if getattr(request, name) not in (None, False)
     ]
-    if not named:
-        return None
     if len(named) > 1:
         return _refuse("invalid_request", f"{' and '.join(named)} cannot be combined")
     name = named[0]
