@@ -27,7 +27,7 @@ from services.dispatcher.delivery.graph import Deliverer, GraphClient, Sender
 from services.dispatcher.delivery.ratelimit import PageRateLimiter
 from services.dispatcher.delivery.worker import Deps
 from services.dispatcher.front.api import DispatcherApi
-from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex, comment_horizon
 from windowgate.client import DecisionWatcher
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.timeconst import HOUR_MS
@@ -91,7 +91,11 @@ class DispatcherService:
         backfill = max(config.recent // max(config.partitions, 1), 1)
         decisions = DecisionWatcher(config.bootstrap, self.topics, config.recent, backfill)
         outcomes = OutcomeWatcher(config.bootstrap, config.dispatch_log, config.recent, backfill)
-        tokens = TokenIndex(config.bootstrap, self.topics.events) if config.token_index else None
+        tokens = (
+            TokenIndex(config.bootstrap, self.topics.events, comment_horizon(self.rules, now_ms()))
+            if config.token_index
+            else None
+        )
         for tail in (decisions, outcomes, tokens):
             if tail is not None:
                 await tail.start()

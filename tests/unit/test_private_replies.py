@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from schemas import SendRequest, TokenReleased, TokenSpent, UserState
 from schemas.decision import Decision, DecisionRecord
 from schemas.events import CommentReceived, decode_event, encode_event
 from schemas.state import decode_user_state, encode_user_state
+from services.dispatcher.front.feeds import TokenIndex, comment_horizon
 from tests.unit.builders import PAGE, T0, USER, D, H, comment, decided, empty, otn, request
 from windowgate.core.decide import decide
 from windowgate.core.fold import REMEMBERED_COMMENTS, fold, fold_all
@@ -279,3 +281,36 @@ def test_a_user_ref_send_addresses_the_user_ref() -> None:
     sent = _call(mechanism="RESPONSE", user_id="ref-42", recipient="user_ref")
     assert sent["recipient"] == {"user_ref": "ref-42"}
     assert sent["messaging_type"] == "RESPONSE"
+
+
+# ---- the proxy's index routes a comment id to its author, for the rule's days -----------------
+
+
+def _record(event: CommentReceived) -> Any:
+    return SimpleNamespace(value=encode_event(event))
+
+
+def test_the_index_routes_comments_and_forgets_them_after_the_horizon() -> None:
+    now = T0 + 30 * D
+    horizon = comment_horizon(RULES, now)
+    assert horizon == 8 * D  # R-WIN-5's 7 days and one more
+    index = TokenIndex("unused:9092", "events", horizon, clock=lambda: now)
+    fresh = comment(now - 7 * D, comment_id="fresh", user="111")
+    index.on_record(_record(fresh))
+    index.on_record(_record(comment(now - 8 * D - 1, comment_id="old", user="222")))
+    index.on_record(_record(comment(now - H, post_id="visitor-post", user="333")))
+    owner = index.lookup("fresh")
+    assert owner is not None and (owner.user_id, owner.topic) == ("111", "comment_id")
+    assert index.lookup("old") is None
+    post = index.lookup("visitor-post")
+    assert post is not None and (post.user_id, post.topic) == ("333", "post_id")
+
+
+def test_the_index_prunes_comments_past_the_horizon_as_it_grows() -> None:
+    clock = {"now": T0}
+    index = TokenIndex("unused:9092", "events", D, clock=lambda: clock["now"])
+    for i in range(10_000):
+        index.remember_comment(comment(T0, comment_id=f"c{i}"))
+    clock["now"] = T0 + 2 * D
+    index.remember_comment(comment(T0 + 2 * D, comment_id="new"))
+    assert set(index.comments) == {"new"}
