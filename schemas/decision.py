@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.codec import WIRE_VERSION, SchemaError, decode_as, dumps, loads, to_wire
-from schemas.types import Mechanism, OptinTemplate, Platform, Reason
+from schemas.types import Mechanism, OptinTemplate, Platform, Reason, RecipientKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,9 @@ class Decision:
     # An opt-in request (DESIGN.md §4.6): the template it asks with; `topic` is then its title
     # (notification_messages, counted per title by R-RN-3) or its payload (one_time_notif_req).
     optin_request: OptinTemplate | None = None
+    # How the Graph call addresses the user when not by id (a PRIVATE_REPLY's token is the
+    # comment / post id; a user_ref is the decision's user_id). None: recipient.id or the token.
+    recipient: RecipientKind | None = None
 
     def as_duplicate(self) -> Decision:
         return replace(self, duplicate=True)

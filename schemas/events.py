@@ -310,6 +310,24 @@ class LabelRemoved(Event):
     source: str = "api"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommentReceived(Event):
+    """A comment on the page's post, or a visitor post on the page (`feed` / Instagram
+    `comments` webhooks): one private reply within the rule's 7 days (R-WIN-5). Not an opener:
+    the thread opens only when the person answers. `user_id` is the author's id as the feed
+    webhook gives it (`from.id`), which is not necessarily their PSID."""
+
+    KIND: ClassVar[str] = "comment"
+    post_id: str | None = None
+    comment_id: str | None = None  # None: a visitor post, replied to by its post_id
+    parent_id: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The id a private reply names: the comment's, else the visitor post's."""
+        return self.comment_id or self.post_id or ""
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     MessageReceived,
     PostbackReceived,
@@ -336,6 +354,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PageRestricted,
     LabelAdded,
     LabelRemoved,
+    CommentReceived,
 )
 EVENT_BY_KIND: dict[str, type[Event]] = {t.KIND: t for t in EVENT_TYPES}
 

@@ -32,6 +32,14 @@ class SendRequest:
     """Send API fields windowgate does not interpret (`notification_type`, `persona_id`,
     `reply_to`, `metadata`, `sender_action`, ...): the proxy carries the caller's own body here
     so that the Graph call sends them unchanged (windowgate.meta.send_api.build_call)."""
+    # Appended (issue 14): what the request spends or how it addresses the user.
+    token: str | None = None
+    """Spend exactly this OTN token (purpose otn or auto), not the oldest of its topic."""
+    private_reply_to: str | None = None
+    """A comment_id or post_id of this user's: the one private reply to it (R-WIN-5)."""
+    by_user_ref: bool = False
+    """`user_id` is a checkbox plugin's `user_ref` (its opt-in was keyed by it): the Graph call
+    addresses `recipient.user_ref` (R-WIN-2)."""
 
     def __post_init__(self) -> None:
         for name in ("request_id", "page_id", "user_id"):

@@ -115,6 +115,7 @@ class UserState:
         "decisions": "d",
         "labels": "lb",
         "optin_asks": "oq",
+        "comments": "cm",
     }
 
     page_id: str
@@ -134,6 +135,11 @@ class UserState:
     optin_asks: tuple[
         OptinAsk, ...
     ] = ()  # the latest allowed recurring opt-in requests, oldest first
+    # The user's recent comments and visitor posts (R-WIN-5), each a one-time right to a private
+    # reply with the life-cycle of an OTN token: `token` is the comment / post id, `topic` the
+    # recipient field that names it ("comment_id" or "post_id"), `created_at` its time. Oldest
+    # first, the newest REMEMBERED_COMMENTS only (windowgate.core.fold).
+    comments: tuple[OtnToken, ...] = ()
 
     @property
     def key(self) -> str:

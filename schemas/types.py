@@ -12,10 +12,21 @@ Purpose = Literal[
 ]
 
 Mechanism = Literal[
-    "RESPONSE", "UPDATE", "HUMAN_AGENT", "MESSAGE_TAG", "OTN", "RECURRING", "MARKETING", "UTILITY"
+    "RESPONSE",
+    "UPDATE",
+    "HUMAN_AGENT",
+    "MESSAGE_TAG",
+    "OTN",
+    "RECURRING",
+    "MARKETING",
+    "UTILITY",
+    "PRIVATE_REPLY",  # R-WIN-5: one message to the author of a comment or visitor post
 ]
-TOKEN_MECHANISMS: frozenset[Mechanism] = frozenset({"OTN", "RECURRING", "MARKETING"})
-"""The mechanisms that spend a token: a decision by one of them carries the token it reserved."""
+TOKEN_MECHANISMS: frozenset[Mechanism] = frozenset(
+    {"OTN", "RECURRING", "MARKETING", "PRIVATE_REPLY"}
+)
+"""The mechanisms that spend a one-time token: a decision by one of them carries the token it
+reserved (a private reply's is its comment or post id)."""
 
 # Every reason code of DESIGN.md §4.5, plus the ones windowgate added (marked). A code keeps its
 # meaning forever: add a new one rather than reuse.
@@ -27,6 +38,7 @@ AllowedReason = Literal[
     "recurring_token",
     "marketing_token",
     "utility_template",
+    "private_reply",  # added by windowgate: R-WIN-5
 ]
 RefusedReason = Literal[
     "window_closed",
@@ -54,6 +66,12 @@ RefusedReason = Literal[
     "optin_request_outside_window",  # an OTN / recurring opt-in request while the window is closed
     "optin_request_purpose",  # an opt-in request asked with a token, a tag or a template
     "optin_request_limit",  # R-RN-3: the recurring opt-in requests per user and title are used up
+    # named tokens and private replies (issue 14):
+    "token_not_found",  # the named OTN token is not one of this user's
+    "token_topic_mismatch",  # the named OTN token is on another topic than the request's
+    "no_comment",  # no comment or visitor post by this user with that id is known (R-WIN-5)
+    "private_reply_used",  # the comment / post already had its one private reply (R-WIN-5)
+    "private_reply_expired",  # the comment / post is older than the rule's 7 days (R-WIN-5)
 ]
 Reason = Literal[AllowedReason, RefusedReason]
 
@@ -61,3 +79,7 @@ OptinTemplate = Literal["one_time_notif_req", "notification_messages"]
 """The template types of a message that asks the user for permission (an opt-in request):
 a One-Time Notification token on a topic, or recurring / marketing messages under a title."""
 OPTIN_TEMPLATES: tuple[OptinTemplate, ...] = ("one_time_notif_req", "notification_messages")
+
+RecipientKind = Literal["user_ref", "comment_id", "post_id"]
+"""How a Graph call addresses its user when not by `recipient.id` (nor by a token): a checkbox
+plugin's `user_ref` (R-WIN-2), or the comment / visitor post of a private reply (R-WIN-5)."""

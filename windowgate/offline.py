@@ -32,8 +32,6 @@ from windowgate.meta.normalise import Unsupported, normalise
 
 __all__ = ["Applied", "OfflineGateway"]
 
-"""Mechanisms whose allowed decision uses (and offline: spends) a token."""
-
 
 @dataclass(frozen=True, slots=True)
 class Applied:

@@ -37,7 +37,7 @@ from services.dispatcher.front.broadcasts import (
     WindowDryRun,
     ensure_broadcast_topics,
 )
-from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex
+from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex, comment_horizon
 from services.dispatcher.front.labels import LabelEvent
 from services.dispatcher.front.proxy_http import AttachmentUploader
 from windowgate.client import DecisionWatcher
@@ -105,7 +105,11 @@ class DispatcherService:
         backfill = max(config.recent // max(config.partitions, 1), 1)
         decisions = DecisionWatcher(config.bootstrap, self.topics, config.recent, backfill)
         outcomes = OutcomeWatcher(config.bootstrap, config.dispatch_log, config.recent, backfill)
-        tokens = TokenIndex(config.bootstrap, self.topics.events) if config.token_index else None
+        tokens = (
+            TokenIndex(config.bootstrap, self.topics.events, comment_horizon(self.rules, now_ms()))
+            if config.token_index
+            else None
+        )
         for tail in (decisions, outcomes, tokens):
             if tail is not None:
                 await tail.start()

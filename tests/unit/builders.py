@@ -15,6 +15,7 @@ from schemas import (
     SendRequest,
     UserState,
 )
+from schemas.events import CommentReceived
 from windowgate.core.timeconst import DAY_MS, HOUR_MS
 from windowgate.core.timestamps import parse_iso_ms
 
@@ -82,4 +83,18 @@ def decided(decision: Decision) -> RequestDecided:
         user_id=decision.user_id,
         timestamp=decision.decided_at,
         decision=decision,
+    )
+
+
+def comment(
+    ts: int, comment_id: str | None = None, post_id: str | None = "post-1", user: str = USER
+) -> CommentReceived:
+    """A comment (or, without comment_id, a visitor post) by `user` on the page's feed."""
+    return CommentReceived(
+        page_id=PAGE,
+        user_id=user,
+        timestamp=ts,
+        post_id=post_id,
+        comment_id=comment_id,
+        dedup_key=f"cm:{comment_id or post_id}",
     )

@@ -10,9 +10,11 @@ import pytest
 
 from schemas import (
     PageState,
+    PluginOptin,
     PostbackReceived,
     ReactionReceived,
     RecurringOptin,
+    SendRequest,
     ThreadControl,
     TokenReleased,
     TokenSpent,
@@ -27,6 +29,7 @@ from tests.unit.builders import (
     D,
     H,
     at,
+    comment,
     decided,
     empty,
     message,
@@ -413,6 +416,97 @@ def test_assess_reports_every_mechanism() -> None:
     assert ("OTN", True) in by_mechanism
     assert ("RECURRING", False) in by_mechanism  # ended 2026-02-10, region unknown
     assert ("MARKETING", False) in by_mechanism
+
+
+# ---- a named OTN token (issue 14.3), private replies (R-WIN-5), user_ref (R-WIN-2) -------------
+
+
+def _two_tokens() -> Any:
+    """Tokens A (older) and B on one topic, and C on another."""
+    return fold_all(
+        empty(), [otn(T0, token="A"), otn(T0 + H, token="B"), otn(T0, token="C", topic="sale")]
+    )
+
+
+def test_a_named_token_is_the_one_spent_and_the_older_stays_usable() -> None:
+    state = _two_tokens()
+    named_b = decide(state, request("b", purpose="otn", token="B"), T0 + D, RULES)
+    assert (named_b.allowed, named_b.token, named_b.topic) == (True, "B", "restock")
+    state = fold(state, decided(named_b))
+    named_a = decide(state, request("a", purpose="otn", token="A"), T0 + D, RULES)
+    assert (named_a.allowed, named_a.token) == (True, "A")
+    again_b = decide(state, request("b2", purpose="otn", token="B"), T0 + D, RULES)
+    assert (again_b.allowed, again_b.reason) == (False, "token_spent")
+    assert "reserved by request b" in again_b.detail
+
+
+def test_a_named_token_is_refused_never_swapped() -> None:
+    state = _two_tokens()
+    unknown = decide(state, request(purpose="otn", token="Z"), T0 + D, RULES)
+    assert (unknown.allowed, unknown.reason, unknown.token) == (False, "token_not_found", None)
+    other = decide(state, request(purpose="otn", topic="restock", token="C"), T0 + D, RULES)
+    assert (other.allowed, other.reason) == (False, "token_topic_mismatch")
+    late = decide(state, request(purpose="otn", token="A"), T0 + 365 * D, RULES)
+    assert (late.allowed, late.reason) == (False, "token_expired")
+    assert decide(state, request(purpose="otn", token="A"), T0 + 365 * D - 1, RULES).allowed
+    wrong_purpose = decide(state, request(purpose="recurring", token="A"), T0 + D, RULES)
+    assert wrong_purpose.reason == "invalid_request"
+
+
+def test_auto_with_a_named_token_uses_the_window_first_then_exactly_that_token() -> None:
+    state = fold(_two_tokens(), message(T0))
+    assert decide(state, request(token="B"), T0 + H, RULES).mechanism == "RESPONSE"
+    closed = decide(state, request(token="B"), T0 + 2 * D, RULES)
+    assert (closed.mechanism, closed.token) == ("OTN", "B")
+
+
+def test_private_reply_once_within_7_days() -> None:
+    state = fold(empty(), comment(T0, comment_id="c1"))
+    ask = request("p1", private_reply_to="c1")
+    first = decide(state, ask, T0 + 7 * D - 1, RULES)
+    assert (first.allowed, first.mechanism, first.reason) == (
+        True,
+        "PRIVATE_REPLY",
+        "private_reply",
+    )
+    assert (first.token, first.recipient, first.rule) == ("c1", "comment_id", "R-WIN-5")
+    assert first.valid_until == T0 + 7 * D
+    for late_at in (T0 + 7 * D, T0 + 7 * D + 1):
+        late = decide(state, ask, late_at, RULES)
+        assert (late.allowed, late.reason) == (False, "private_reply_expired")
+    state = fold(state, decided(first))
+    second = decide(state, request("p2", private_reply_to="c1"), T0 + D, RULES)
+    assert (second.allowed, second.reason) == (False, "private_reply_used")
+    unknown = decide(state, request("p3", private_reply_to="c9"), T0 + D, RULES)
+    assert (unknown.allowed, unknown.reason) == (False, "no_comment")
+
+
+def test_private_reply_to_a_visitor_post_names_the_post_and_opens_no_window() -> None:
+    state = fold(empty(), comment(T0, post_id="page_post"))
+    reply = decide(state, request(private_reply_to="page_post"), T0 + H, RULES)
+    assert (reply.allowed, reply.recipient) == (True, "post_id")
+    assert not decide(state, request("r2", purpose="response"), T0 + H, RULES).allowed
+
+
+def test_private_reply_and_user_ref_take_only_window_purposes() -> None:
+    state = fold(empty(), comment(T0, comment_id="c1"))
+    wrong = decide(state, request(purpose="otn", private_reply_to="c1"), T0 + H, RULES)
+    assert wrong.reason == "invalid_request"
+    both = decide(state, request(private_reply_to="c1", by_user_ref=True), T0 + H, RULES)
+    assert both.reason == "invalid_request"
+
+
+def test_a_plugin_opt_in_opens_the_window_for_its_user_ref() -> None:
+    opted = fold(
+        empty(user="ref-42"),
+        PluginOptin(page_id=PAGE, user_id="ref-42", timestamp=T0, user_ref="ref-42"),
+    )
+    ask = SendRequest(
+        request_id="u1", page_id=PAGE, user_id="ref-42", by_user_ref=True, message={"text": "hi"}
+    )
+    sent = decide(opted, ask, T0 + 24 * H - 1, RULES)
+    assert (sent.allowed, sent.mechanism, sent.recipient) == (True, "RESPONSE", "user_ref")
+    assert decide(opted, ask, T0 + 24 * H, RULES).reason == "window_closed"
 
 
 ALL_REFUSALS: frozenset[str] = frozenset(get_args(RefusedReason))  # every code, from schemas

@@ -22,6 +22,7 @@ from schemas import (
     UserUnavailable,
     WindowClosedByMeta,
 )
+from schemas.events import CommentReceived
 from tests.unit.builders import PAGE, T0, USER, H, decided, empty, message
 from windowgate.core.decide import decide
 from windowgate.core.fold import fold, fold_all
@@ -49,7 +50,10 @@ KIND_FOR = {
     "RECURRING": "recurring",
     "MARKETING": "marketing",
     "UTILITY": "utility",
+    "PRIVATE_REPLY": "private_reply",
 }
+ONE_TIME = frozenset({"OTN", "PRIVATE_REPLY"})
+"""Mechanisms whose token (an OTN token, a comment's id) goes into one allowed decision only."""
 
 
 def _ts(h: int) -> int:
@@ -62,7 +66,7 @@ def order_free_events(draw: Any) -> Event:
     h = draw(hours)
     ts = _ts(h)
     topic = draw(st.sampled_from(TOPICS))
-    kind = draw(st.integers(0, 8))
+    kind = draw(st.integers(0, 9))
     base = {"page_id": PAGE, "user_id": USER, "timestamp": ts}
     if kind == 0:
         return message(ts, mid=f"m{h}", ad=h % 2 == 0)
@@ -82,6 +86,8 @@ def order_free_events(draw: Any) -> Event:
         return WindowClosedByMeta(**base)
     if kind == 7:
         return UserUnavailable(**base)
+    if kind == 8:
+        return CommentReceived(**base, post_id="post", comment_id=f"c{h}", dedup_key=f"cm:c{h}")
     return MessageRead(**base, watermark=ts)
 
 
@@ -152,7 +158,7 @@ def scenario(draw: Any) -> list[tuple[str, Any]]:
     """Events, requests and the dispatcher's outcomes interleaved at non-decreasing times."""
     steps: list[tuple[str, Any]] = []
     for _ in range(draw(st.integers(1, 40))):
-        choice = draw(st.integers(0, 11))
+        choice = draw(st.integers(0, 15))
         if choice < 3:
             steps.append(("event", draw(order_free_events())))
         elif choice < 5:  # OTN opt-ins on few topics, so tokens are contended
@@ -162,6 +168,17 @@ def scenario(draw: Any) -> list[tuple[str, Any]]:
             steps.append(("event", optin))
         elif choice < 7:
             steps.append(("request", draw(requests())))
+        elif choice in (12, 13):  # a few comments (made shortly before the step), contended
+            steps.append(("comment", draw(st.integers(0, 1))))
+        elif choice in (14, 15):
+            k, request_id = draw(st.integers(0, 1)), f"r{draw(st.integers(0, 15))}"
+            named = draw(
+                st.sampled_from(
+                    [{"private_reply_to": f"c{k}"}, {"purpose": "otn", "token": f"otn-restock-{k}"}]
+                )
+            )
+            req = SendRequest(request_id=request_id, page_id=PAGE, user_id=USER, **named)
+            steps.append(("request", req))
         elif choice < 10:  # requests that want a token
             topic = draw(st.sampled_from(TOPICS[:2]))
             purpose = draw(st.sampled_from(["otn", "auto"]))
@@ -191,6 +208,13 @@ def test_a_token_is_never_granted_twice_and_nothing_is_allowed_without_a_rule_in
         if what == "event":
             state = fold(state, item)
             continue
+        if what == "comment":
+            made = now - H * (item + 1) * 24  # 1 to 3 days ago: within R-WIN-5's 7 days
+            comment = CommentReceived(
+                page_id=PAGE, user_id=USER, timestamp=made, post_id="post", comment_id=f"c{item}"
+            )
+            state = fold(state, comment)
+            continue
         if what == "outcome":
             if last_allowed is None:
                 continue
@@ -217,10 +241,13 @@ def test_a_token_is_never_granted_twice_and_nothing_is_allowed_without_a_rule_in
                 decision.tag if decision.mechanism == "MESSAGE_TAG" else None,
             )
             assert found.rule is not None and found.rule.id in (decision.rule, "R-WIN-1")
-            if decision.mechanism == "OTN":
+            if decision.mechanism in ONE_TIME:
                 assert decision.token is not None
+                if item.token is not None:  # a named token is the one granted
+                    assert decision.token == item.token
                 previous = holder.get(decision.token)
-                # I4: an OTN token goes to a second request only if the first one was released.
+                # I4: an OTN token (a comment's private reply) goes to a second request only if
+                # the first one was released.
                 assert previous is None or (decision.token, previous) in released
                 holder[decision.token] = decision.request_id
                 last_allowed = (decision.token, decision.request_id)

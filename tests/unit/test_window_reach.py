@@ -135,7 +135,7 @@ def brute_force(states: list[UserState], now: int, rules: RuleBook) -> dict[str,
         subscriptions = {
             (v.mechanism, v.token): v.valid_until
             for v in verdicts
-            if v.mechanism in ("RECURRING", "MARKETING") and v.token
+            if v.mechanism in ("RECURRING", "MARKETING", "PRIVATE_REPLY") and v.token
         }
         for (mechanism, _), until in subscriptions.items():
             if until is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from schemas.decision import Alternative, Decision
 from schemas.request import SendRequest
 from schemas.state import OtnToken, PageState, RecurringToken, UserState
-from schemas.types import Mechanism, OptinTemplate, Platform, Purpose, Reason
+from schemas.types import Mechanism, OptinTemplate, Platform, Purpose, Reason, RecipientKind
 from windowgate.core.fold import REMEMBERED_OPTIN_ASKS
 from windowgate.core.message import OptinRequest, message_problem, optin_request
 from windowgate.core.pages import PageConfig
@@ -183,11 +183,16 @@ def human_agent_verdict(ctx: Context, human_author: str | None) -> Verdict:
     )
 
 
-def otn_verdict(ctx: Context, topic: str | None) -> Verdict:
-    """R-OTN: the oldest unexpired, unused token of `topic`; refused with the most useful reason."""
+def otn_verdict(ctx: Context, topic: str | None, named: str | None = None) -> Verdict:
+    """R-OTN: the oldest unexpired, unused token of `topic` (or exactly the `named` one);
+    refused with the most useful reason."""
     found = ctx.lookup("otn")
     if found.rule is None:
         return _from_lookup(found, "OTN")
+    if named is not None:
+        return _named_otn_verdict(
+            ctx, found.rule.id, found.rule.int_param("token_days"), named, topic
+        )
     if not topic:
         return _refuse("invalid_request", "an OTN send must name its topic", "OTN")
     lifetime = found.rule.int_param("token_days") * DAY_MS
@@ -216,6 +221,89 @@ def otn_verdict(ctx: Context, topic: str | None) -> Verdict:
     if spent:
         return _refuse("token_spent", f"every token for {topic!r} has been used", "OTN")
     return _refuse("no_token_for_topic", f"the user has no one-time token for {topic!r}", "OTN")
+
+
+def _one_time_refusal(token: OtnToken, what: str, used: Reason, mechanism: Mechanism) -> Verdict:
+    """Why a one-time token (an OTN token, a comment's private reply) that is not available
+    cannot be used: which request holds it, and whether Meta may have delivered it."""
+    how = {"reserved": "reserved by", "unknown": "possibly delivered (unknown outcome) by"}
+    held = how.get(token.status, "used by")
+    by = f" request {token.request_id}" if token.request_id else " a send (Meta said so)"
+    return _refuse(used, f"{what} is {held}{by}", mechanism)
+
+
+def _named_otn_verdict(
+    ctx: Context, rule_id: str, token_days: int, named: str, topic: str | None
+) -> Verdict:
+    """Exactly the token the request names (issue 14.3): refused, never swapped for another."""
+    token = next((t for t in ctx.state.otn if t.token == named), None)
+    if token is None:
+        return _refuse(
+            "token_not_found", "the named token is not one of this user's one-time tokens", "OTN"
+        )
+    if topic and topic != token.topic:
+        return _refuse(
+            "token_topic_mismatch",
+            f"the named token is for {token.topic!r}, not {topic!r}",
+            "OTN",
+        )
+    if token.status != "available":
+        return _one_time_refusal(
+            token, f"the named token for {token.topic!r}", "token_spent", "OTN"
+        )
+    until = token.created_at + token_days * DAY_MS
+    if ctx.now >= until:
+        return _refuse(
+            "token_expired",
+            f"the named token for {token.topic!r} from {_at(token.created_at)} expired at "
+            f"{_at(until)}",
+            "OTN",
+        )
+    detail = (
+        f"the named one-time token for {token.topic!r} from {_at(token.created_at)}, valid until "
+        f"{_at(until)}"
+    )
+    return Verdict(True, "otn_token", detail, "OTN", rule_id, until, None, token.token, token.topic)
+
+
+def private_reply_verdict(ctx: Context, target: str) -> Verdict:
+    """R-WIN-5: one private reply per comment / visitor post of this user, within the rule's
+    days of it (`target` is its comment_id or post_id)."""
+    found = ctx.lookup("private_reply")
+    if found.rule is None:
+        return _from_lookup(found, "PRIVATE_REPLY")
+    comment = next((t for t in ctx.state.comments if t.token == target), None)
+    what = "post" if comment is not None and comment.topic == "post_id" else "comment"
+    if comment is None:
+        return _refuse(
+            "no_comment",
+            f"no comment or visitor post {target!r} by this user is known (from the page's "
+            "feed webhook)",
+            "PRIVATE_REPLY",
+        )
+    if comment.status != "available":
+        return _one_time_refusal(
+            comment,
+            f"the private reply to {what} {target!r}",
+            "private_reply_used",
+            "PRIVATE_REPLY",
+        )
+    days = found.rule.int_param("days")
+    until = comment.created_at + days * DAY_MS
+    if ctx.now >= until:
+        return _refuse(
+            "private_reply_expired",
+            f"the {what} {target!r} was made at {_at(comment.created_at)}; a private reply was "
+            f"possible until {_at(until)} ({found.rule.id}: {days} days)",
+            "PRIVATE_REPLY",
+        )
+    detail = (
+        f"one private reply (private_reply_to {target!r}) to the {what} made at "
+        f"{_at(comment.created_at)}, until {_at(until)} ({found.rule.id})"
+    )
+    return Verdict(
+        True, "private_reply", detail, "PRIVATE_REPLY", found.rule.id, until, None, target
+    )
 
 
 def _token_expiry(token: RecurringToken, months: int | None) -> int | None:
@@ -387,10 +475,10 @@ def _auto(ctx: Context, request: SendRequest) -> Verdict:
         return window
     if request.human_author:
         human = human_agent_verdict(ctx, request.human_author)
-        if human.allowed or not request.topic:
+        if human.allowed or not (request.topic or request.token):
             return human
-    if request.topic:
-        return otn_verdict(ctx, request.topic)
+    if request.topic or request.token:
+        return otn_verdict(ctx, request.topic, request.token)
     return window
 
 
@@ -399,7 +487,7 @@ _PURPOSES: dict[str, Callable[[Context, SendRequest], Verdict]] = {
     "response": lambda ctx, r: window_verdict(ctx, "RESPONSE"),
     "update": lambda ctx, r: window_verdict(ctx, "UPDATE"),
     "human_agent": lambda ctx, r: human_agent_verdict(ctx, r.human_author),
-    "otn": lambda ctx, r: otn_verdict(ctx, r.topic),
+    "otn": lambda ctx, r: otn_verdict(ctx, r.topic, r.token),
     "recurring": lambda ctx, r: recurring_verdict(ctx, r.topic),
     "marketing": lambda ctx, r: marketing_verdict(ctx, r.topic),
     "utility": lambda ctx, r: utility_verdict(ctx, r.message),
@@ -437,6 +525,7 @@ def _assess(ctx: Context) -> list[Verdict]:
         else utility,
     ]
     verdicts += [otn_verdict(ctx, topic) for topic in dict.fromkeys(t.topic for t in state.otn)]
+    verdicts += [private_reply_verdict(ctx, comment.token) for comment in state.comments]
     for token in state.recurring:
         verdicts.append(recurring_verdict(ctx, token.topic or token.title))
         verdicts.append(marketing_verdict(ctx, token.topic or token.title))
@@ -485,7 +574,7 @@ def decide(
         if past.request_id == request.request_id:
             return past.as_duplicate()
     ctx = Context(state, now, rules, rules.page(request.page_id), request.platform)
-    verdict = _precheck(ctx, request, page_state)
+    verdict = _precheck(ctx, request, page_state) or _addressed(ctx, request)
     ask = optin_request(request.message) if verdict is None else None
     if verdict is None:
         verdict = (
@@ -522,6 +611,7 @@ def decide(
         token=verdict.token,
         topic=verdict.topic if ask is None else ask.key,
         optin_request=ask.template if ask is not None else None,
+        recipient=_recipient(state, request, verdict),
     )
 
 
@@ -646,3 +736,46 @@ def _optin_alternatives(
     if verdict.reason == "optin_request_limit":
         return ()
     return tuple(a for a in alternatives if a.mechanism in ("RESPONSE", "UPDATE"))
+
+
+# ---- requests that name what they spend or how they address the user (issue 14) ---------------
+
+_ADDRESSED_PURPOSES: dict[str, frozenset[str]] = {
+    "token": frozenset({"auto", "otn"}),
+    "private_reply_to": frozenset({"auto", "response"}),
+    "by_user_ref": frozenset({"auto", "response", "update"}),
+}
+"""The purposes each addressing field makes sense with; any other is an invalid request."""
+
+
+def _addressed(ctx: Context, request: SendRequest) -> Verdict | None:
+    """A private reply (R-WIN-5) or a send by user_ref (R-WIN-2, the window the plugin opt-in
+    opened); None for the rest, which their purpose decides (a named `token` included)."""
+    if request.private_reply_to is None and not request.by_user_ref and request.token is None:
+        return None  # the common case, on the hot path: no list built
+    named = [
+        name
+        for name in ("token", "private_reply_to", "by_user_ref")
+        if getattr(request, name) not in (None, False)
+    ]
+    if len(named) > 1:
+        return _refuse("invalid_request", f"{' and '.join(named)} cannot be combined")
+    name = named[0]
+    if request.purpose not in _ADDRESSED_PURPOSES[name]:
+        allowed = " or ".join(sorted(_ADDRESSED_PURPOSES[name]))
+        return _refuse("invalid_request", f"{name} needs purpose {allowed}, not {request.purpose}")
+    if request.private_reply_to is not None:
+        return private_reply_verdict(ctx, request.private_reply_to)
+    if request.by_user_ref:
+        return window_verdict(ctx, "UPDATE" if request.purpose == "update" else "RESPONSE")
+    return None
+
+
+def _recipient(state: UserState, request: SendRequest, verdict: Verdict) -> RecipientKind | None:
+    """How an allowed decision's Graph call addresses the user, when not by recipient.id."""
+    if not verdict.allowed:
+        return None
+    if verdict.mechanism == "PRIVATE_REPLY":
+        comment = next((t for t in state.comments if t.token == verdict.token), None)
+        return "post_id" if comment is not None and comment.topic == "post_id" else "comment_id"
+    return "user_ref" if request.by_user_ref else None

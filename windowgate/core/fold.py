@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from schemas.decision import Decision
 from schemas.events import (
+    CommentReceived,
     Event,
     LabelAdded,
     LabelRemoved,
@@ -52,6 +53,10 @@ REMEMBERED_DECISIONS = 32
 # guess when all of them fall inside the rule's period.
 REMEMBERED_OPTIN_ASKS = 16
 
+# How many comments / visitor posts a user's state remembers for private replies (R-WIN-5): the
+# newest ones. An older one forgotten cannot be replied to here; the dispatch log still holds its
+# reply (I4) for DISPATCHER_LOG_RETENTION_H (7 days), so a forgotten comment never gets two.
+REMEMBERED_COMMENTS = 16
 # Forward-only order of an OTN token's life-cycle; a later rank never goes back (except release).
 _STATUS_RANK: dict[TokenStatus, int] = {"available": 0, "reserved": 1, "unknown": 2, "spent": 3}
 
@@ -143,12 +148,17 @@ def _on_label_removed(state: UserState, event: LabelRemoved) -> UserState:
 
 
 def _with_otn(state: UserState, token: str, change: Callable[[OtnToken], OtnToken]) -> UserState:
-    for i, current in enumerate(state.otn):
-        if current.token == token:
-            updated = change(current)
-            if updated == current:
-                return state
-            return replace(state, otn=(*state.otn[:i], updated, *state.otn[i + 1 :]))
+    """`change` applied to the one-time token `token`: an OTN token, or a comment's private-reply
+    right (R-WIN-5), which has the same life-cycle."""
+    for name in ("otn", "comments"):
+        tokens: tuple[OtnToken, ...] = getattr(state, name)
+        for i, current in enumerate(tokens):
+            if current.token == token:
+                updated = change(current)
+                if updated == current:
+                    return state
+                changes: dict[str, Any] = {name: (*tokens[:i], updated, *tokens[i + 1 :])}
+                return replace(state, **changes)
     return state
 
 
@@ -186,6 +196,19 @@ def _release_otn(request_id: str) -> Callable[[OtnToken], OtnToken]:
         return replace(token, released=released)
 
     return change
+
+
+def _on_comment(state: UserState, event: CommentReceived) -> UserState:
+    """Remember the comment / visitor post as a private-reply right (R-WIN-5); a redelivery or an
+    edit keeps the first one. The newest REMEMBERED_COMMENTS are kept, whatever the order seen."""
+    target = event.target
+    if not target or any(t.token == target for t in state.comments):
+        return state
+    field = "comment_id" if event.comment_id else "post_id"
+    comment = OtnToken(token=target, topic=field, created_at=event.timestamp)
+    ordered = sorted((*state.comments, comment), key=lambda t: (t.created_at, t.token))
+    kept = tuple(ordered[-REMEMBERED_COMMENTS:])
+    return state if kept == state.comments else replace(state, comments=kept)
 
 
 # ---- recurring / marketing tokens --------------------------------------------------------------
@@ -285,7 +308,7 @@ def _remember(decisions: tuple[Decision, ...], decision: Decision) -> tuple[Deci
 
 
 def _reserve(state: UserState, token: str, request_id: str, at: int) -> UserState:
-    if any(t.token == token for t in state.otn):
+    if any(t.token == token for t in state.otn) or any(t.token == token for t in state.comments):
         return _with_otn(state, token, lambda t: _reserve_otn(t, request_id))
     if any(t.token == token for t in state.recurring):
         return _with_recurring(state, token, at, lambda t: _reserve_recurring(t, request_id, at))
@@ -364,6 +387,7 @@ _USER_HANDLERS: dict[type[Event], _UserHandler] = {
     TokenOptedOut: _on_token_opted_out,
     LabelAdded: _on_label_added,
     LabelRemoved: _on_label_removed,
+    CommentReceived: _on_comment,
 }
 
 

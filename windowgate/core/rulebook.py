@@ -33,6 +33,7 @@ RULE_KINDS = (
     "marketing",
     "otn_request",
     "recurring_request",
+    "private_reply",
 )
 # Integer parameters `decide` reads from a kind's rules, checked when the file is loaded so that a
 # typo in the data is a load error naming the field, not a failed decision.

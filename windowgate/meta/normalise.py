@@ -8,8 +8,9 @@ Contract (platform-rules §1 "Time", §3, §4, §6):
   Anything wrong *inside* an element becomes an `Unsupported`, never an exception: one odd element
   must not make Meta retry (and eventually unsubscribe) a whole batch of good ones.
 - Every entry and every element of `messaging[]` and `standby[]` is read; standby elements carry
-  `standby=True` where the event type has that field. `changes[]` (feed / comments) is reported as
-  `Unsupported` per change until private replies exist.
+  `standby=True` where the event type has that field. `changes[]`: a comment or visitor post
+  (Pages `feed`, Instagram `comments`) is a `CommentReceived` (R-WIN-5, see `_change`); every
+  other change is `Unsupported`.
 - `timestamp` is Meta's own, in epoch ms (seconds and digit strings accepted, see `to_epoch_ms`);
   missing or 0 → the entry's `time` → the read / delivery watermark → `Unsupported`.
 - Every element but an echo is addressed to the entry's page: a `recipient.id` that is another
@@ -41,6 +42,7 @@ mids and tokens are globally unique, and page ids differ between Messenger and I
     policy_enforcement   pe:{page}:{action}:{timestamp}
     thread_control       tc:{page}:{user}:{action}:{timestamp}
     plugin_optin         po:{page}:{user}:{timestamp}:{ref}
+    comment              cm:{comment_id}  |  visitor post: cm:{post_id}  (an edit: the same key)
 
 Speed: one pass, a dict from element key to one small builder per kind, no regexes, no copies
 (the ingest benchmark needs ≥ 20,000 bodies/s on one core).
@@ -54,6 +56,7 @@ from typing import Any, Final, Literal
 
 from schemas.codec import SchemaError
 from schemas.events import (
+    CommentReceived,
     EnforcementAction,
     Event,
     MessageDelivered,
@@ -658,7 +661,7 @@ def normalise(body: object) -> Normalised:
         changes = entry.get("changes")
         if changes is not None:
             seen = True
-            _changes(changes, i, page, unsupported)
+            _changes(changes, i, page, platform, entry_time, events, unsupported)
         if not seen:
             keys = ", ".join(str(k) for k in entry) or "nothing"
             unsupported.append(
@@ -706,8 +709,16 @@ def _element(
     return "; ".join(reasons) if reasons else ""
 
 
-def _changes(changes: Any, i: int, page: str | None, unsupported: list[Unsupported]) -> None:
-    """`changes[]` (feed, comments, mentions): reported, unhandled, until private replies exist."""
+def _changes(
+    changes: Any,
+    i: int,
+    page: str | None,
+    platform: Platform,
+    entry_time: int | None,
+    events: list[Event],
+    unsupported: list[Unsupported],
+) -> None:
+    """`changes[]`: comments and visitor posts become events; any other change is reported."""
     if not isinstance(changes, list):
         unsupported.append(
             Unsupported(
@@ -719,18 +730,95 @@ def _changes(changes: Any, i: int, page: str | None, unsupported: list[Unsupport
         )
         return
     for k, change in enumerate(changes):
-        field = change.get("field") if isinstance(change, dict) else None
         change_value = change.get("value") if isinstance(change, dict) else None
         author = change_value.get("from") if isinstance(change_value, dict) else None
+        if page is None:
+            result: Event | str = "the entry has no usable `id` (page id)"
+        else:
+            try:
+                result = _change(change, page, platform, entry_time)
+            except Exception as exc:  # a bug must not fail the batch; tests assert it never does
+                result = f"{INTERNAL_ERROR_REASON}: {type(exc).__name__} in `changes`"
+        if not isinstance(result, str):
+            events.append(result)
+            continue
         unsupported.append(
             Unsupported(
-                reason=(
-                    f"`changes` not handled (field {_brief(field)}): "
-                    "private replies are not supported yet"
-                ),
+                reason=result if result.startswith("`changes`") else f"`changes`: {result}",
                 path=f"entry[{i}].changes[{k}]",
                 page_id=page,
                 user_id=_id(author.get("id")) if isinstance(author, dict) else None,
                 raw=change,
             )
         )
+
+
+_COMMENT_FIELDS: Final[dict[Platform, str]] = {"messenger": "feed", "instagram": "comments"}
+"""The `changes[].field` that carries comments on each platform (Pages `feed`, Instagram
+`comments`; Instagram `live_comments` allow a reply only during the broadcast: not read)."""
+_VISITOR_POSTS: Final = frozenset({"post", "status", "photo", "video"})
+"""Pages `feed` items that are a post by someone else on the page (a private reply names its
+post_id); `comment` names its comment_id; other items (reactions, shares, ...) allow none."""
+_NEW: Final = frozenset({"add", "edited"})
+
+
+def _change(change: Any, page: str, platform: Platform, entry_time: int | None) -> Event | str:
+    """One change as a CommentReceived (R-WIN-5), or why it is none.
+
+    Keying: the event's user is the author's id as the webhook gives it (`from.id`), which for a
+    Facebook comment need not be the author's PSID; a private reply is decided against that key
+    and addressed to Meta by the comment / post id, and when the person answers, their messages
+    arrive under their PSID (the window opens there, R-WIN-5).
+    """
+    if not isinstance(change, dict):
+        return f"the change should be an object but is {_brief(change)}"
+    field, value = change.get("field"), change.get("value")
+    if field != _COMMENT_FIELDS[platform]:
+        return (
+            f"`changes` field {_brief(field)} not handled "
+            f"(only {_COMMENT_FIELDS[platform]!r}: comments and visitor posts)"
+        )
+    if not isinstance(value, dict):
+        return _not_object("value", value)
+    if platform == "instagram":
+        media = value.get("media")
+        post_id = _id(media.get("id")) if isinstance(media, dict) else None
+        comment_id = _id(value.get("id"))
+        if not comment_id:
+            return "Instagram comment has no `id`"
+    else:
+        item, verb = value.get("item"), value.get("verb")
+        post_id, comment_id = _id(value.get("post_id")), None
+        if verb not in _NEW:
+            return f"feed `verb` {_brief(verb)}: not a new comment or post (no private reply)"
+        if item == "comment":
+            comment_id = _id(value.get("comment_id"))
+            if not comment_id:
+                return "feed comment has no `comment_id`"
+        elif item in _VISITOR_POSTS:
+            if not post_id:
+                return f"feed {item} has no `post_id`"
+        else:
+            return f"feed item {_brief(item)} allows no private reply"
+    author = value.get("from")
+    user = _id(author.get("id")) if isinstance(author, dict) else None
+    if user is None:
+        return "the change has no `from.id`: its author is unknown (cannot be keyed)"
+    if user == page:
+        return "the page's own comment or post (no private reply to oneself)"
+    if not _meta_id(user):
+        return f"`from.id` {_brief(user)} is not a Meta id (digits only)"
+    ts = _time(value.get("created_time")) or entry_time
+    if ts is None:
+        return "the change has no usable `created_time` and its entry no usable `time`"
+    target = comment_id or post_id
+    return CommentReceived(
+        page_id=page,
+        user_id=user,
+        timestamp=ts,
+        platform=platform,
+        dedup_key=f"cm:{target}",
+        post_id=post_id,
+        comment_id=comment_id,
+        parent_id=_id(value.get("parent_id")),
+    )

@@ -9,6 +9,10 @@ Meta's body → SendRequest:
                                           no messaging_type → auto
     recipient.one_time_notif_token      → purpose otn, user and topic from the token's opt-in
     recipient.notification_messages_token → purpose recurring, user and topic likewise
+    recipient.comment_id / post_id      → private_reply_to (R-WIN-5), the user from the comment's
+                                          feed webhook
+    recipient.user_ref                  → user_id = the user_ref, by_user_ref (its plugin opt-in
+                                          was keyed by it); messaging_type as for recipient.id
     message                             → message
     sender_action (no message)          → purpose response: a typing indicator, read receipt or
                                           reaction needs the window, is no message, spends nothing
@@ -77,6 +81,8 @@ class Recipient:
     user_id: str | None = None
     otn_token: str | None = None
     recurring_token: str | None = None
+    reply_to: str | None = None  # a comment_id or post_id: a private reply (R-WIN-5)
+    user_ref: bool = False  # user_id is a checkbox plugin's user_ref (R-WIN-2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,27 +172,46 @@ def _message_ask(
         return ProxyAsk(Recipient(otn_token=otn), "otn", message)
     if isinstance(recurring, str) and recurring:
         return ProxyAsk(Recipient(recurring_token=recurring), "recurring", message)
+    reply_to = _private_reply_target(recipient)
+    if reply_to is not None:
+        return ProxyAsk(Recipient(reply_to=reply_to), "auto", message)
+    user_ref = recipient.get("user_ref")
     if isinstance(user, int) and not isinstance(user, bool):
         user = str(user)
-    if not isinstance(user, str) or not user:
+    if isinstance(user_ref, str) and user_ref and not user:
+        who = Recipient(user_id=user_ref, user_ref=True)
+    elif isinstance(user, str) and user:
+        who = Recipient(user_id=user)
+    else:
         raise ProxyError(
             100,
-            "(#100) recipient needs id, one_time_notif_token or notification_messages_token "
-            "(windowgate does not proxy user_ref, post_id or comment_id recipients)",
+            "(#100) recipient needs id, user_ref, comment_id, post_id, one_time_notif_token or "
+            "notification_messages_token",
         )
     messaging_type = body.get("messaging_type")
     tag = body.get("tag")
     if messaging_type is None:
-        return ProxyAsk(Recipient(user_id=user), "auto", message)
+        return ProxyAsk(who, "auto", message)
     if messaging_type == "MESSAGE_TAG":
         if not isinstance(tag, str) or not tag:
             raise ProxyError(100, "(#100) messaging_type MESSAGE_TAG needs a tag")
         purpose: Purpose = "human_agent" if tag == "HUMAN_AGENT" else "tag"
-        return ProxyAsk(Recipient(user_id=user), purpose, message, tag)
+        return ProxyAsk(who, purpose, message, tag)
     found = _PURPOSE_BY_TYPE.get(messaging_type) if isinstance(messaging_type, str) else None
     if found is None:
         raise ProxyError(100, f"(#100) unknown messaging_type {messaging_type!r}")
-    return ProxyAsk(Recipient(user_id=user), found, message)
+    return ProxyAsk(who, found, message)
+
+
+def _private_reply_target(recipient: dict[str, Any]) -> str | None:
+    """The comment_id or post_id a private reply names (R-WIN-5); Meta's ids may be numbers."""
+    for name in ("comment_id", "post_id"):
+        value = recipient.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 OBJECT_PARAMS = frozenset({"recipient", "message", "payload"})
@@ -280,6 +305,11 @@ REFUSAL_CODES: dict[str, tuple[int, int | None]] = {
     # parameter for a template that asks for one (the weekly limit keeps the default code 10)
     "optin_request_outside_window": (10, 2018278),
     "optin_request_purpose": (100, None),
+    "token_not_found": (100, None),
+    "token_topic_mismatch": (100, None),
+    "no_comment": (100, None),
+    "private_reply_used": (10, None),
+    "private_reply_expired": (10, None),
 }
 DEFAULT_REFUSAL: tuple[int, int | None] = (10, None)
 """Permission-type refusals (not permitted, mechanism ended or disabled, region): Meta's code 10."""

@@ -12,6 +12,10 @@ Pure. The mechanism the decision names fixes the recipient and `messaging_type`:
     RECURRING    /{v}/{page}/messages        {"notification_messages_token"}  none
     MARKETING    /{v}/act_{account}/messages messenger_delivery_data.subscription_token, and the
                                              campaign's message_id (from message.message_id)
+    PRIVATE_REPLY /{v}/{page}/messages       {"comment_id": C} or {"post_id": P}  none (Meta's doc)
+
+A decision whose `recipient` is `user_ref` (a checkbox plugin's opt-in, R-WIN-2) addresses
+`{"user_ref": user}` instead of `{"id": user}`.
 
 The message body is the request's own `message` (carried on the decisions topic); its shape is
 checked by `windowgate.core.message.message_problem`, the check `decide` already ran before it
@@ -31,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.decision import DecisionRecord
+from schemas.decision import Decision, DecisionRecord
 from schemas.types import TOKEN_MECHANISMS, Mechanism
 from windowgate.core.message import message_problem
 from windowgate.core.pages import PageConfig
@@ -129,22 +133,25 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
             raise CannotSend("a sender_action goes without a message")
         if mechanism not in WINDOW_MECHANISMS:
             raise CannotSend(f"a sender_action needs the window, not {mechanism}")
-        body = {**extra, "recipient": {"id": decision.user_id}}
+        body = {**extra, "recipient": _user(decision)}
         return GraphCall(messages_path, body, "text", decision.page_id)
     message = _check_message(record.message, mechanism)
     if mechanism == "OTN":
         body = {"recipient": {"one_time_notif_token": decision.token}, "message": message}
     elif mechanism == "RECURRING":
         body = {"recipient": {"notification_messages_token": decision.token}, "message": message}
+    elif mechanism == "PRIVATE_REPLY":
+        field = "post_id" if decision.recipient == "post_id" else "comment_id"
+        body = {"recipient": {field: decision.token}, "message": message}
     elif mechanism in ("RESPONSE", "UPDATE", "UTILITY"):
-        body = {"recipient": {"id": decision.user_id}, "messaging_type": mechanism}
+        body = {"recipient": _user(decision), "messaging_type": mechanism}
         body["message"] = message
     elif mechanism in ("HUMAN_AGENT", "MESSAGE_TAG"):
         tag = "HUMAN_AGENT" if mechanism == "HUMAN_AGENT" else decision.tag
         if not tag:
             raise CannotSend("a MESSAGE_TAG decision without its tag")
         body = {
-            "recipient": {"id": decision.user_id},
+            "recipient": _user(decision),
             "messaging_type": "MESSAGE_TAG",
             "tag": tag,
             "message": message,
@@ -152,3 +159,10 @@ def build_call(record: DecisionRecord, page: PageConfig, version: str) -> GraphC
     else:
         raise CannotSend(f"no Graph call for mechanism {mechanism!r}")
     return GraphCall(messages_path, {**extra, **body}, rate_class(message), decision.page_id)
+
+
+def _user(decision: Decision) -> dict[str, Any]:
+    """The recipient of a call addressed to the user: by id, or by a plugin's user_ref."""
+    if decision.recipient == "user_ref":
+        return {"user_ref": decision.user_id}
+    return {"id": decision.user_id}

@@ -326,7 +326,7 @@ class DispatcherApi:
         page_id = page.page_id
         user_id = ask.recipient.user_id
         topic: str | None = None
-        token = ask.recipient.otn_token or ask.recipient.recurring_token
+        token = ask.recipient.otn_token or ask.recipient.recurring_token or ask.recipient.reply_to
         if token is not None:
             if self.tokens is None:
                 raise ProxyError(
@@ -338,10 +338,16 @@ class DispatcherApi:
                     raise ProxyError(
                         2, "windowgate is still reading the opt-ins; retry shortly", "starting", 503
                     )
+                if ask.recipient.reply_to is not None:
+                    raise ProxyError(
+                        100, "(#100) windowgate knows no comment or post with this id", "no_comment"
+                    )
                 raise ProxyError(
                     100, "(#100) windowgate knows no opt-in for this token", "no_token_for_topic"
                 )
             user_id, topic = owner.user_id, owner.topic
+            if ask.recipient.reply_to is not None:
+                topic = None  # the owner's topic is the recipient field: the window decides it
         assert user_id is not None
         request_id = (
             request.headers.get("Idempotency-Key")
@@ -365,6 +371,9 @@ class DispatcherApi:
             message=ask.message,
             created_at=self.clock(),
             graph_fields=ask.graph_fields or None,
+            token=ask.recipient.otn_token,  # the token Meta's body names is the one spent
+            private_reply_to=ask.recipient.reply_to,
+            by_user_ref=ask.recipient.user_ref,
         )
         return send, note
 

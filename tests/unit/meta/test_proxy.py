@@ -53,6 +53,21 @@ def test_token_recipients() -> None:
     assert (rn.purpose, rn.recipient.recurring_token) == ("recurring", "R")
 
 
+def test_private_reply_and_user_ref_recipients() -> None:
+    comment = parse_body({"recipient": {"comment_id": "1111_2222"}, "message": TEXT})
+    assert (comment.purpose, comment.recipient.reply_to) == ("auto", "1111_2222")
+    post = parse_body({"recipient": {"post_id": 3333}, "message": TEXT})
+    assert post.recipient.reply_to == "3333"
+    plugin = parse_body(
+        {"recipient": {"user_ref": "ref-42"}, "message": TEXT, "messaging_type": "UPDATE"}
+    )
+    assert (plugin.recipient.user_id, plugin.recipient.user_ref, plugin.purpose) == (
+        "ref-42",
+        True,
+        "update",
+    )
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -60,7 +75,7 @@ def test_token_recipients() -> None:
         {"message": TEXT},
         {"recipient": {"id": USER}},
         {"recipient": {"id": USER}, "message": {}},
-        {"recipient": {"user_ref": "x"}, "message": TEXT},
+        {"recipient": {"comment_id": ""}, "message": TEXT},
         {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "MESSAGE_TAG"},
         {"recipient": {"id": USER}, "message": TEXT, "messaging_type": "NEWS"},
         {"recipient": {"id": USER}, "sender_action": "dance"},
@@ -113,6 +128,9 @@ def test_instagram_window_uses_instagram_subcode() -> None:
         ("token_spent", 100, None),
         ("human_agent_not_permitted", 10, 2018278),
         ("human_author_missing", 10, 2018278),
+        ("token_not_found", 100, None),
+        ("private_reply_used", 10, None),
+        ("private_reply_expired", 10, None),
         ("mechanism_ended", 10, None),
     ],
 )
