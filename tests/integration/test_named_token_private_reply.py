@@ -52,7 +52,7 @@ from tests.unit.test_ingest_app import signed
 PARTITIONS = 2
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 PROXY = f"/v25.0/me/messages?access_token={TOKENS[PAGE_EU]}"
-FEED = Path(__file__).resolve().parents[1] / "fixtures" / "feed"
+FEED = Path(__file__).resolve().parents[1] / "unit" / "meta" / "feed"
 
 
 @dataclass
@@ -115,6 +115,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
         config(kafka_bootstrap, prefix, standin.base_url, partitions=PARTITIONS),
         rules(),
         host="127.0.0.1",
+        page_tokens=TOKENS,
     )
     publisher = KafkaPublisher(kafka_bootstrap, topics, PARTITIONS)
     ingest_config = replace(INGEST_CONFIG, publish_timeout_s=DEADLINE_S)
@@ -188,7 +189,7 @@ async def test_the_token_named_in_metas_body_is_the_one_spent(stack: Stack) -> N
 
 
 def feed_comment(user: str, comment_id: str, created_s: int) -> dict[str, Any]:
-    """The documented Pages `feed` comment body (tests/fixtures/feed), for this user and id."""
+    """The documented Pages `feed` comment body (tests/unit/meta/feed), for this user and id."""
     body: dict[str, Any] = orjson.loads((FEED / "feed-comment.json").read_bytes())
     entry = body["entry"][0]
     entry["time"] = created_s

@@ -28,7 +28,7 @@ from windowgate.meta.send_api import build_call
 from windowgate.offline import OfflineGateway
 
 RULES = load_rules()
-FEED = Path(__file__).resolve().parents[1] / "fixtures" / "feed"
+FEED = Path(__file__).resolve().parent / "meta" / "feed"
 CREATED = 1764554400000  # the fixtures' created_time (seconds) in ms
 IG_ACCOUNT, IG_USER = "17841405822304914", "2345678901234567"
 
