@@ -32,6 +32,7 @@ from services.common.topics import replication_configs
 
 USERS_TABLE = "users"
 PAGES_TABLE = "pages"
+BROADCASTS_TABLE = "broadcasts"
 _OLD_REPLICATION_VARIABLE = "WINDOW_REPLICATION_FACTOR"
 
 
@@ -86,6 +87,10 @@ class WindowConfig:
     @property
     def pages_changelog(self) -> str:
         return changelog_topic(self.app_id, PAGES_TABLE)
+
+    @property
+    def broadcasts_changelog(self) -> str:
+        return changelog_topic(self.app_id, BROADCASTS_TABLE)
 
 
 def changelog_topic(app_id: str, table: str) -> str:

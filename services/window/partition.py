@@ -28,17 +28,22 @@ from aiokafka import TopicPartition
 from schemas.state import PageState, UserState, decode_page_state, encode_page_state
 from services.common.logread import AheadOfLog, Record, read_to_end, reader
 from services.common.partitioned import Outgoing
+from services.window.broadcasts import Broadcasts
 from services.window.processing import (
     Output,
     Result,
     Source,
+    guarded,
     process_event_record,
     process_request_record,
 )
-from services.window.store import DecodeCache, StoredUser, encode_stored_user
+from services.window.store import DecodeCache, StoredUser, decode_stored_user, encode_stored_user
 from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
+
+INDEX_CHUNK = 5_000
+"""Restored users indexed for the broadcasts per turn (a few tens of ms: webhooks wait no more)."""
 
 CACHE_USERS = 4_000
 """Decoded states kept per partition for the users most recently touched (memory vs. CPU)."""
@@ -65,6 +70,12 @@ class WindowShared:
     ]
     """Told after each committed batch: partition, step results, changed users and pages."""
     restore_timeout_s: float = 300.0
+    commands_topic: str = ""
+    """`<prefix>broadcast-commands` (empty: this worker runs no broadcasts)."""
+    broadcasts_topic: str = ""
+    """`<prefix>broadcasts`: each partition's `BroadcastProgress`, compacted."""
+    broadcasts_changelog: str = ""
+    """`<app id>-broadcasts-changelog`: the partition's broadcasts and recipients."""
     freeze_at_request: str | None = None
     """Test hook (WINDOW_FREEZE_AT_REQUEST): SIGSTOP this process once a batch has decided this
     request, before its transaction, as a GC pause or a frozen VM would stop it."""
@@ -124,6 +135,8 @@ class WindowPartition:
         self.restored_records = 0
         self.restore_s = 0.0
         self._batch: _Batch | None = None
+        self.broadcasts = Broadcasts(number, shared.partitions, shared.rules)
+        self._unindexed: list[bytes] = []
         self._topics = {
             "events": shared.events_topic,
             "decisions": shared.decisions_topic,
@@ -136,6 +149,12 @@ class WindowPartition:
         raw = self.users.get(key)
         return None if raw is None else self.cache.decode(key, raw)
 
+    def peek_state(self, key: bytes) -> UserState | None:
+        """The user's committed state, decoded without filling the cache (a dry run reads many
+        users once; the cache is for the hot ones)."""
+        raw = self.users.get(key)
+        return None if raw is None else decode_stored_user(raw).state
+
     # ---- PartitionLogic -------------------------------------------------------------------------
 
     async def restore(self) -> None:
@@ -145,6 +164,8 @@ class WindowPartition:
             TopicPartition(shared.users_changelog, self.number),
             TopicPartition(shared.pages_changelog, self.number),
         ]
+        if shared.broadcasts_changelog:
+            tps.append(TopicPartition(shared.broadcasts_changelog, self.number))
         if not self.keep:
             self._forget()
         self.keep = False
@@ -167,12 +188,22 @@ class WindowPartition:
         finally:
             await consumer.stop()
         self.restore_s = time.monotonic() - started
+        self.restored()
+
+    def restored(self) -> None:
+        """The changelogs are read: the restored users are indexed for the broadcasts in turns of
+        their own, and every walk restarts from its committed cursor."""
+        self._unindexed = list(self.users)
+        self.broadcasts.index.ready = not self._unindexed
+        self.broadcasts.restart_walks()
 
     def _forget(self) -> None:
         self.users = {}
         self.pages = {}
         self.cache.clear()
         self.positions = {}
+        self.broadcasts.forget()
+        self._unindexed = []
 
     def _apply_changelog(self, records: Sequence[Record]) -> None:
         users_topic = self.shared.users_changelog
@@ -180,7 +211,9 @@ class WindowPartition:
             key = record.key
             if key is None:
                 continue
-            if record.topic == users_topic:
+            if record.topic == self.shared.broadcasts_changelog:
+                self.broadcasts.apply_changelog(key, record.value)
+            elif record.topic == users_topic:
                 if record.value is None:
                     self.users.pop(key, None)
                 else:
@@ -197,9 +230,15 @@ class WindowPartition:
         tables = _BatchTables(self, batch)
         now = shared.clock()
         outputs: list[Outgoing] = []
+        broadcasts = self.broadcasts
+        broadcasts.begin()
+        if not broadcasts.index.ready:
+            self._index_some(INDEX_CHUNK)
         for record in records:
             source = Source(record.topic, record.partition, record.offset)
-            if record.topic == shared.requests_topic:
+            if record.topic == shared.commands_topic:
+                result = self._command(record.key, record.value, source, now)
+            elif record.topic == shared.requests_topic:
                 result = process_request_record(
                     tables, record.key, record.value, source, now, shared.rules, shared.partitions
                 )
@@ -207,10 +246,16 @@ class WindowPartition:
                 result = process_event_record(
                     tables, record.key, record.value, source, now, shared.partitions
                 )
+                broadcasts.event(record.key, record.value, now)
             batch.results.append(result)
             outputs.extend(self._outgoing(o) for o in result.outputs)
             if shared.freeze_at_request is not None and result.outcome == "decided":
                 freeze_if_asked(shared.freeze_at_request, result)
+        if broadcasts.wants_turn(now) == 0:  # a slice rides on every batch while one runs
+            broadcasts.slice(tables, now, lambda result: self._emit(result, outputs))
+        changelog, progress = broadcasts.records()
+        outputs += [Outgoing(shared.broadcasts_changelog, k, v, self.number) for k, v in changelog]
+        outputs += [Outgoing(shared.broadcasts_topic, k, v) for k, v in progress]
         for key, stored in batch.users.items():
             raw = batch.encoded[key] = encode_stored_user(stored)
             outputs.append(Outgoing(shared.users_changelog, key, raw, self.number))
@@ -219,6 +264,39 @@ class WindowPartition:
                 Outgoing(shared.pages_changelog, key, encode_page_state(page), self.number)
             )
         return outputs
+
+    def _command(self, key: bytes | None, value: bytes | None, source: Source, now: int) -> Result:
+        def step() -> Result:
+            if value is None:
+                return Result("command", problem="no value")
+            did = self.broadcasts.command(value, now)
+            log.info("partition %d: broadcast command: %s", self.number, did)
+            return Result("command", problem=did)
+
+        return guarded(step, key, value, source, now)
+
+    def _emit(self, result: Result, outputs: list[Outgoing]) -> None:
+        batch = self._batch
+        assert batch is not None
+        batch.results.append(result)
+        outputs.extend(self._outgoing(o) for o in result.outputs)
+
+    def wants_turn(self) -> float | None:
+        if not self.broadcasts.index.ready:
+            return 0.0  # the restored users still to index: a turn of their own
+        return self.broadcasts.wants_turn(self.shared.clock())
+
+    def _index_some(self, limit: int) -> None:
+        """Index up to `limit` restored users for the broadcasts (their committed state; what a
+        batch changes is indexed when it commits); the last chunk makes the index ready."""
+        pending = self._unindexed
+        for _ in range(min(limit, len(pending))):
+            key = pending.pop()
+            raw = self.users.get(key)
+            if raw is not None:
+                self.broadcasts.index_user(key, decode_stored_user(raw).state)
+        if not pending:
+            self.broadcasts.index.ready = True
 
     def _outgoing(self, output: Output) -> Outgoing:
         return Outgoing(self._topics[output.topic], output.key, output.value)
@@ -235,13 +313,16 @@ class WindowPartition:
             self.cache.remember(key, raw, batch.users[key])
         self.pages.update(batch.pages)
         changed = {key: stored.state for key, stored in batch.users.items()}
+        self.broadcasts.committed(changed)
         self.shared.on_committed(self.number, batch.results, changed, batch.pages)
 
     def rolled_back(self) -> None:
         self._batch = None
+        self.broadcasts.rolled_back()
 
     def released(self, clean: bool) -> None:
         self._batch = None
+        self.broadcasts.rolled_back()
         self.keep = clean
         if not clean:
             self._forget()

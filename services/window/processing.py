@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 SERVICE = "window"
 
 OutputTopic = Literal["events", "decisions", "dead_letter"]
-Outcome = Literal["folded", "unchanged", "page", "decided", "duplicate", "replayed", "dead_letter"]
+Outcome = Literal[
+    "folded", "unchanged", "page", "decided", "duplicate", "replayed", "dead_letter", "command"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class Result:
     outputs: tuple[Output, ...] = ()
     changed: UserState | None = None
     problem: str | None = None
+    decision: Decision | None = None  # a new decision's, for whoever counts them (broadcasts)
 
 
 class BadRecord(Exception):
@@ -122,7 +125,7 @@ def _dead_letter(
     return Result("dead_letter", (Output("dead_letter", key, record),), problem=reason)
 
 
-def _guarded(
+def guarded(
     step: Callable[[], Result], key: bytes | None, value: bytes | None, source: Source, now: int
 ) -> Result:
     """Run a step; any failure becomes a dead letter (a worker never stops on one record)."""
@@ -185,7 +188,7 @@ def process_event_record(
         changed = apply_event(tables, event)
         return Result("unchanged") if changed is None else Result("folded", changed=changed)
 
-    return _guarded(step, key, value, source, now)
+    return guarded(step, key, value, source, now)
 
 
 # ---- send requests -------------------------------------------------------------------------------
@@ -229,16 +232,40 @@ def process_request_record(
         stored = tables.get_user(user_key)
         if stored is not None and source.offset <= stored.request_offset:
             return _replayed(stored.state, request, user_key, source)
-        page = tables.get_page(event_key(request.page_id, "").encode())
-        state = stored.state if stored is not None else None
-        decided = decide_request(state, request, now, rules, page)
-        outputs = _decision_outputs(user_key, decided.decision, request, decided.state.platform)
-        if decided.event is None:
-            return Result("duplicate", outputs)
-        tables.put_user(user_key, StoredUser(decided.state, source.offset))
-        return Result("decided", outputs, changed=decided.state)
+        return _decide(tables, user_key, stored, request, now, rules, source.offset)
 
-    return _guarded(step, key, value, source, now)
+    return guarded(step, key, value, source, now)
+
+
+def _decide(
+    tables: Tables,
+    user_key: bytes,
+    stored: StoredUser | None,
+    request: SendRequest,
+    now: int,
+    rules: RuleBook,
+    offset: int,
+) -> Result:
+    """Decide `request` against the user's and the page's state, fold the decision in (stored with
+    `offset` as the user's request offset) and emit it."""
+    page = tables.get_page(event_key(request.page_id, "").encode())
+    state = stored.state if stored is not None else None
+    decided = decide_request(state, request, now, rules, page)
+    outputs = _decision_outputs(user_key, decided.decision, request, decided.state.platform)
+    if decided.event is None:
+        return Result("duplicate", outputs)
+    tables.put_user(user_key, StoredUser(decided.state, offset))
+    return Result("decided", outputs, changed=decided.state, decision=decided.decision)
+
+
+def decide_own_request(
+    tables: Tables, user_key: bytes, request: SendRequest, now: int, rules: RuleBook
+) -> Result:
+    """A request the window makes itself (a broadcast's recipient), decided exactly like one read
+    from `send-requests`; no input record carried it, so the user's request offset stays."""
+    stored = tables.get_user(user_key)
+    offset = stored.request_offset if stored is not None else NO_OFFSET
+    return _decide(tables, user_key, stored, request, now, rules, offset)
 
 
 def _refuse_malformed(

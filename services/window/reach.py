@@ -320,6 +320,11 @@ class ReachIndex:
     def users(self) -> int:
         return len(self._users)
 
+    def facts(self, key: bytes) -> tuple[Fact, ...] | None:
+        """The user's facts as of the last flush (None: not indexed): the dry run's cheap path."""
+        indexed = self._users.get(key)
+        return None if indexed is None else indexed.facts
+
 
 def combine(partials: Iterable[Mapping[str, int]]) -> dict[str, int]:
     """Sum per-partition counts into page totals."""

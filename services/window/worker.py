@@ -32,12 +32,14 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from schemas.broadcast import BroadcastSpec
 from schemas.state import PageState, UserState, decode_page_state
 from schemas.topics import Topics
 from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
 from services.common.topics import TopicSpec, ensure_topic_specs
+from services.window.broadcasts import DryRun, dry_run_partition
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -176,6 +178,9 @@ class WindowWorker:
             dead_letter_topic=self.topics.dead_letter,
             users_changelog=config.users_changelog,
             pages_changelog=config.pages_changelog,
+            commands_topic=self.topics.broadcast_commands,
+            broadcasts_topic=self.topics.broadcasts,
+            broadcasts_changelog=config.broadcasts_changelog,
             rules=rules,
             clock=clock,
             page_lookup=self._page,
@@ -185,7 +190,7 @@ class WindowWorker:
         self.runner = PartitionedRunner(
             bootstrap=settings.kafka_bootstrap,
             group=config.app_id,
-            topics=[self.topics.events, self.topics.send_requests],
+            topics=[self.topics.events, self.topics.send_requests, self.topics.broadcast_commands],
             url=config.advertised_url,
             make_logic=lambda n: WindowPartition(n, self.shared),
             batch=config.batch,
@@ -259,6 +264,8 @@ class WindowWorker:
             self.reach.mark(key, partition, state)
         for result in results:
             kind = "events" if result.outcome in ("folded", "unchanged", "page") else "requests"
+            if result.outcome == "command":
+                kind = "broadcasts"
             if result.outcome == "dead_letter":
                 kind = "any"
                 log.warning("dead-lettered a record: %s", result.problem)
@@ -387,6 +394,24 @@ class WindowWorker:
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.metrics_.registry), CONTENT_TYPE_LATEST
 
+    def dry_run_partials(self, spec: BroadcastSpec) -> dict[str, Any]:
+        now = self.clock()
+        self.reach.flush(now)  # the facts the cheap path reads are the states' latest
+        page = self.page_state(spec.page_id)
+        total = DryRun()
+        for n in sorted(self.runner.owned()):
+            logic = self.runner.logics.get(n)
+            if not isinstance(logic, WindowPartition) or not logic.broadcasts.index.ready:
+                continue  # restoring or indexing: reported missing, never half counted
+            facts = self.reach.facts if n in self.reach.complete else _no_facts
+            part = dry_run_partition(logic.broadcasts, spec, now, logic.peek_state, facts, page)
+            total.add(part.wire())
+        return total.wire()
+
+
+def _no_facts(key: bytes) -> None:
+    return None
+
 
 async def ensure_changelogs(
     bootstrap: str, names: list[str], partitions: int, replication: int | None = None
@@ -402,6 +427,26 @@ async def ensure_changelogs(
                 why_keyed="a changelog's partition n holds the state of partition n",
             )
             for name in names
+        ],
+        partitions,
+        replication,
+    )
+
+
+async def ensure_broadcast_topics(
+    bootstrap: str, topics: Topics, partitions: int, replication: int | None = None
+) -> None:
+    """The broadcasts' topics: the commands, co-partitioned with the keyed topics (each command is
+    written to every partition, so partition n's fan-out reads it in its own order), and the
+    compacted progress topic (`<broadcast_id>:<partition>`, the latest counts of each)."""
+    await ensure_topic_specs(
+        bootstrap,
+        [
+            TopicSpec(
+                topics.broadcast_commands,
+                why_keyed="partition n of the commands is read by the owner of partition n",
+            ),
+            TopicSpec(topics.broadcasts, keyed=False, configs={"cleanup.policy": "compact"}),
         ],
         partitions,
         replication,
