@@ -10,8 +10,10 @@
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
 | WINDOW_FREEZE_AT_REQUEST | unset | test hook: SIGSTOP itself mid-batch after deciding it |
+| WINDOW_BROADCAST_SLICE | 300 | keys a broadcast's fan-out walks per partition per transaction |
 
-The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`. Their
+The changelog topics are `<app id>-users-changelog`, `<app id>-pages-changelog` and
+`<app id>-broadcasts-changelog`. Their
 replication is that of every topic, WINDOWGATE_REPLICATION_FACTOR (`Settings.replication_factor`),
 with the `min.insync.replicas` of `changelog_configs`.
 """
@@ -48,6 +50,7 @@ class WindowConfig:
     session_timeout_s: float = 10.0
     log_level: str = "INFO"
     freeze_at_request: str | None = None
+    broadcast_slice: int = 300
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WindowConfig:
@@ -73,6 +76,7 @@ class WindowConfig:
             ),
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
             freeze_at_request=env.get("WINDOW_FREEZE_AT_REQUEST") or None,
+            broadcast_slice=env_whole(env, "WINDOW_BROADCAST_SLICE", cls.broadcast_slice, 1),
         )
 
     @property

@@ -76,6 +76,8 @@ class WindowShared:
     """`<prefix>broadcasts`: each partition's `BroadcastProgress`, compacted."""
     broadcasts_changelog: str = ""
     """`<app id>-broadcasts-changelog`: the partition's broadcasts and recipients."""
+    broadcast_slice: int | None = None
+    """Keys a broadcast's slice walks per turn (None: `broadcasts.SLICE_USERS`)."""
     freeze_at_request: str | None = None
     """Test hook (WINDOW_FREEZE_AT_REQUEST): SIGSTOP this process once a batch has decided this
     request, before its transaction, as a GC pause or a frozen VM would stop it."""
@@ -252,7 +254,8 @@ class WindowPartition:
             if shared.freeze_at_request is not None and result.outcome == "decided":
                 freeze_if_asked(shared.freeze_at_request, result)
         if broadcasts.wants_turn(now) == 0:  # a slice rides on every batch while one runs
-            broadcasts.slice(tables, now, lambda result: self._emit(result, outputs))
+            emit = lambda result: self._emit(result, outputs)  # noqa: E731
+            broadcasts.slice(tables, now, emit, shared.broadcast_slice)
         changelog, progress = broadcasts.records()
         outputs += [Outgoing(shared.broadcasts_changelog, k, v, self.number) for k, v in changelog]
         outputs += [Outgoing(shared.broadcasts_topic, k, v) for k, v in progress]
@@ -280,6 +283,8 @@ class WindowPartition:
         assert batch is not None
         batch.results.append(result)
         outputs.extend(self._outgoing(o) for o in result.outputs)
+        if self.shared.freeze_at_request is not None:
+            freeze_if_asked(self.shared.freeze_at_request, result)
 
     def wants_turn(self) -> float | None:
         if not self.broadcasts.index.ready:

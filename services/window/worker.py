@@ -186,6 +186,7 @@ class WindowWorker:
             page_lookup=self._page,
             on_committed=self._on_committed,
             freeze_at_request=config.freeze_at_request,
+            broadcast_slice=config.broadcast_slice,
         )
         self.runner = PartitionedRunner(
             bootstrap=settings.kafka_bootstrap,
