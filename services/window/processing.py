@@ -29,9 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from aiokafka.partitioner import murmur2
 
-from schemas.codec import SchemaError, loads
+from schemas.codec import WIRE_VERSION, SchemaError, loads
 from schemas.decision import Decision, DecisionRecord, encode_decision_record
 from schemas.events import Event, decode_event, encode_event, event_key
 from schemas.request import SendRequest, decode_request
@@ -194,10 +195,23 @@ def process_event_record(
 # ---- send requests -------------------------------------------------------------------------------
 
 
+_RECORD_HEAD = orjson.dumps({"v": WIRE_VERSION})[:-1] + b","
+
+
+def encode_decision_fast(decision: Decision, message: dict[str, Any] | None) -> bytes:
+    """`encode_decision_record(DecisionRecord(decision, message))`, byte for byte, by orjson's
+    own dataclass serialisation (same fields, same order): the generic `to_wire` walk cost ~70 us
+    per decision, the largest share of a broadcast recipient's cost. Checked equal in the tests."""
+    raw = _RECORD_HEAD + orjson.dumps(decision)[1:]
+    if message is None:
+        return raw
+    return raw[:-1] + b',"message":' + orjson.dumps(message) + b"}"
+
+
 def _decision_outputs(
     key: bytes, decision: Decision, request: SendRequest, platform: Any
 ) -> tuple[Output, ...]:
-    record = encode_decision_record(DecisionRecord(decision, request.message))
+    record = encode_decision_fast(decision, request.message)
     if decision.duplicate:
         return (Output("decisions", key, record),)
     return (

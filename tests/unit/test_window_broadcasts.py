@@ -21,7 +21,13 @@ from schemas.broadcast import (
     encode_command,
     recipient_request_id,
 )
-from schemas.decision import Decision, decode_decision_record
+from schemas.codec import WIRE_VERSION, dumps, to_compact_wire
+from schemas.decision import (
+    Decision,
+    DecisionRecord,
+    decode_decision_record,
+    encode_decision_record,
+)
 from schemas.events import (
     LabelAdded,
     MessageDelivered,
@@ -36,7 +42,8 @@ from services.common.partitioned import Outgoing
 from services.window import broadcasts as broadcasts_module
 from services.window.broadcasts import dry_run_partition
 from services.window.partition import WindowPartition, WindowShared
-from services.window.processing import partition_for
+from services.window.processing import encode_decision_fast, partition_for
+from services.window.store import NO_OFFSET, decode_stored_user, encode_stored_user
 from tests.unit.builders import PAGE, T0, H
 from windowgate.core.rulebook import load_rules
 
@@ -500,3 +507,28 @@ def test_any_interleaving_decides_each_user_at_most_once_per_broadcast(plan: lis
         assert all(n == 1 for n in used.values()), used
     finally:
         broadcasts_module.SLICE_USERS = saved
+
+
+# ---- the recipients' hot path: generated encoders, byte for byte the generic ones ---------------
+
+
+def test_the_fast_encoders_write_what_the_generic_ones_write() -> None:
+    g = Gateway()
+    holders(g, USERS[:6])
+    g.turn(g.event(MessageReceived(page_id=PAGE, user_id=USERS[0], timestamp=g.now - H, mid="m")))
+    g.turn(g.create(audience=Audience()))  # refusals too (no token, window closed): alternatives
+    g.turn(g.create("b2", purpose="response", audience=Audience()))
+    g.run_out()
+    decisions = g.decisions()
+    assert any(d.alternatives for d in decisions) and any(d.allowed for d in decisions)
+    for decision in decisions:
+        for message in (None, {"text": "hi", "quick_replies": [{"title": "ok"}]}):
+            expected = encode_decision_record(DecisionRecord(decision, message))
+            assert encode_decision_fast(decision, message) == expected
+    for raw in g.partition.users.values():
+        stored = decode_stored_user(raw)
+        wire = to_compact_wire(stored.state)
+        wire["v"] = WIRE_VERSION
+        if stored.request_offset != NO_OFFSET:
+            wire["ro"] = stored.request_offset
+        assert encode_stored_user(stored) == dumps(wire)
