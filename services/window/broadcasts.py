@@ -54,7 +54,6 @@ from schemas.codec import SchemaError, decode_as, dumps, loads, to_wire
 from schemas.events import MessageDelivered, MessageRead, SendOutcome, decode_event
 from schemas.request import SendRequest
 from schemas.state import PageState, UserState
-from schemas.types import Mechanism
 from services.window.processing import Result, decide_own_request, partition_for
 from services.window.store import Tables
 from windowgate.core.decide import decide
@@ -151,10 +150,11 @@ class AudienceIndex:
             keys = {f"{page_id}:{user}".encode() for user in audience.users}
             mine = {k for k in keys if partition_for(k, partitions) == partition}
             return _Base(None, mine)
-        candidates: list[SetId] = [("p", page_id, "")]
+        candidates: list[SetId] = []  # the most specific first: it wins a tie
         if audience.topic is not None:
             candidates.append(("t", page_id, audience.topic))
         candidates += [("l", page_id, label) for label in audience.labels_all]
+        candidates.append(("p", page_id, ""))
         chosen = min(candidates, key=lambda c: len(self.members(c)))
         return _Base(chosen, self.members(chosen))
 
@@ -269,10 +269,17 @@ class Broadcasts:
         self.recipients: dict[bytes, dict[str, Recipient]] = {}
         self._walks: dict[str, _Walk] = {}
         self._work: _Work | None = None
+        self.summaries: dict[bytes, Summary] = {}
+        """Per user, what the reach facts say the window and each OTN topic allow until (the dry
+        run's cheap path); kept by the reach index's listener as it applies state changes."""
+
+    def summarise(self, key: bytes, facts: Facts) -> None:
+        self.summaries[key] = summary_of(facts)
 
     # ---- restore ------------------------------------------------------------------------------
 
     def forget(self) -> None:
+        self.summaries = {}
         self.broadcasts = {}
         self.recipients = {}
         self._walks = {}
@@ -671,10 +678,26 @@ class DryRun:
 Facts = Sequence[tuple[str, int | None]]
 """A user's reach facts (`services.window.reach.user_facts`): (label, until) pairs, None: no end."""
 
-_FAST_MECHANISMS: dict[str, tuple[Mechanism, str]] = {
-    "response": ("RESPONSE", "users:RESPONSE"),
-    "update": ("UPDATE", "users:UPDATE"),
-}
+FOREVER = 2**62
+NEVER = -1
+Summary = tuple[int, dict[str, int] | None]
+"""(until when the window allows RESPONSE, {OTN topic: until when a token on it is usable}):
+NEVER for not at all, FOREVER for no end."""
+
+_OTN_USERS = "otn_users:"
+
+
+def summary_of(facts: Facts) -> Summary:
+    window = NEVER
+    otn: dict[str, int] | None = None
+    for label, until in facts:
+        if label == "users:RESPONSE":
+            window = FOREVER if until is None else until
+        elif label.startswith(_OTN_USERS):
+            if otn is None:
+                otn = {}
+            otn[label[len(_OTN_USERS) :]] = FOREVER if until is None else until
+    return window, otn
 
 
 def dry_run_partition(
@@ -682,29 +705,37 @@ def dry_run_partition(
     spec: BroadcastSpec,
     now: int,
     state_of: Callable[[bytes], UserState | None],
-    facts_of: Callable[[bytes], Facts | None],
     page: PageState | None,
 ) -> DryRun:
-    """One partition's share of a dry run. The cheap path reads the user's reach facts (what
-    `assess` allowed and until when, kept as states commit): a fact alive at `now` is the
-    mechanism `decide` would pick. Only users no fact allows (a refusal, whose reason matters)
-    and purposes the facts do not cover are decided in full, on a copy: nothing is reserved."""
+    """One partition's share of a dry run. The cheap path reads the user's summary of the reach
+    facts (what `assess` allowed and until when, kept as states commit): for `auto`, `response`
+    and `otn`, a window or token alive at `now` is the mechanism `decide` would pick. Users no
+    summary allows (a refusal, whose reason matters), or not yet summarised, and every other
+    purpose, are decided in full on a copy of their state: nothing is reserved."""
     out = DryRun(partitions=[broadcasts.number])
     index = broadcasts.index
-    base = index.base(spec.page_id, spec.audience, broadcasts.number, broadcasts.partitions)
-    blocked = page is not None and page.restricted
-    by_mechanism = out.by_mechanism
-    refused = out.refused
-    topic = spec.audience.topic
-    otn_label = f"otn_users:{topic}" if topic is not None else None
-    for key in base.keys:
-        if not index.matches(key, spec.page_id, spec.audience):
-            continue
-        out.audience += 1
-        mechanism = None if blocked else _fast(spec.purpose, facts_of(key), otn_label, now)
-        if mechanism is not None:
-            by_mechanism[mechanism] = by_mechanism.get(mechanism, 0) + 1
-            continue
+    audience = spec.audience
+    base = index.base(spec.page_id, audience, broadcasts.number, broadcasts.partitions)
+    plain = (
+        audience.users is None
+        and not (audience.labels_all or audience.labels_any or audience.labels_none)
+        and base.set_id is not None
+        and (audience.topic is None or base.set_id[0] == "t")
+    )  # the base set is the audience itself: no per-user check
+    if page is not None and page.restricted:
+        purpose = "none"  # every user is refused; `decide` says why
+    else:
+        purpose = spec.purpose if spec.purpose in ("auto", "response", "otn") else "none"
+    members: Iterable[bytes] = (
+        base.keys if plain else [k for k in base.keys if index.matches(k, spec.page_id, audience)]
+    )
+    window, otn, slow = _count_fast(members, broadcasts.summaries, purpose, audience.topic, now)
+    out.audience = window + otn + len(slow)
+    if window:
+        out.by_mechanism["RESPONSE"] = window
+    if otn:
+        out.by_mechanism["OTN"] = otn
+    for key in slow:
         state = state_of(key) or UserState(
             page_id=spec.page_id, user_id=key.decode()[len(spec.page_id) + 1 :]
         )
@@ -712,32 +743,41 @@ def dry_run_partition(
         if decision.duplicate:
             out.audience -= 1  # this broadcast decided the user already
         elif decision.allowed and decision.mechanism is not None:
-            by_mechanism[decision.mechanism] = by_mechanism.get(decision.mechanism, 0) + 1
+            out.by_mechanism[decision.mechanism] = out.by_mechanism.get(decision.mechanism, 0) + 1
         else:
-            refused[decision.reason] = refused.get(decision.reason, 0) + 1
+            out.refused[decision.reason] = out.refused.get(decision.reason, 0) + 1
     return out
 
 
-def _alive(facts: Facts, label: str | None, now: int) -> bool:
-    return label is not None and any(
-        name == label and (until is None or until > now) for name, until in facts
-    )
-
-
-def _fast(purpose: str, facts: Facts | None, otn_label: str | None, now: int) -> str | None:
-    """The mechanism `decide` picks for this purpose, read off the facts; None: decide in full."""
-    if facts is None:
-        return None
-    if purpose == "auto":
-        if _alive(facts, "users:RESPONSE", now):
-            return "RESPONSE"
-        return "OTN" if _alive(facts, otn_label, now) else None
-    if purpose == "otn":
-        return "OTN" if _alive(facts, otn_label, now) else None
-    fast = _FAST_MECHANISMS.get(purpose)
-    if fast is not None and _alive(facts, fast[1], now):
-        return fast[0]
-    return None
+def _count_fast(
+    members: Iterable[bytes],
+    summaries: Mapping[bytes, Summary],
+    purpose: str,
+    topic: str | None,
+    now: int,
+) -> tuple[int, int, list[bytes]]:
+    """(by the window, by an OTN token, the keys to decide in full): one tight loop per user, the
+    dry run's whole cost for a million users."""
+    get = summaries.get
+    window = otn = 0
+    slow: list[bytes] = []
+    keep = slow.append
+    if purpose == "none":
+        return 0, 0, list(members)
+    use_window = purpose != "otn"
+    use_token = purpose != "response" and topic is not None
+    name = topic or ""
+    for key in members:
+        summary = get(key)
+        if summary is None:
+            keep(key)
+        elif use_window and summary[0] > now:
+            window += 1
+        elif use_token and (tokens := summary[1]) is not None and tokens.get(name, NEVER) > now:
+            otn += 1
+        else:
+            keep(key)
+    return window, otn, slow
 
 
 def combine(parts: Iterable[Mapping[str, Any]]) -> DryRun:

@@ -139,6 +139,7 @@ class WindowPartition:
         self._batch: _Batch | None = None
         self.broadcasts = Broadcasts(number, shared.partitions, shared.rules)
         self._unindexed: list[bytes] = []
+        self._sliced_on_input = False
         self._topics = {
             "events": shared.events_topic,
             "decisions": shared.decisions_topic,
@@ -253,9 +254,14 @@ class WindowPartition:
             outputs.extend(self._outgoing(o) for o in result.outputs)
             if shared.freeze_at_request is not None and result.outcome == "decided":
                 freeze_if_asked(shared.freeze_at_request, result)
-        if broadcasts.wants_turn(now) == 0:  # a slice rides on every batch while one runs
+        if broadcasts.wants_turn(now) == 0 and (not records or not self._sliced_on_input):
+            # An idle turn is a slice; under steady input one batch in two carries one, so the
+            # fan-out goes on and a webhook never waits behind more than one slice.
             emit = lambda result: self._emit(result, outputs)  # noqa: E731
             broadcasts.slice(tables, now, emit, shared.broadcast_slice)
+            self._sliced_on_input = bool(records)
+        else:
+            self._sliced_on_input = False
         changelog, progress = broadcasts.records()
         outputs += [Outgoing(shared.broadcasts_changelog, k, v, self.number) for k, v in changelog]
         outputs += [Outgoing(shared.broadcasts_topic, k, v) for k, v in progress]

@@ -212,6 +212,8 @@ class ReachIndex:
         self.complete: set[int] = set()
         self._boundaries = rule_boundaries(rules)
         self._next_boundary = self._boundary_after(now)
+        self.listener: Callable[[bytes, int, tuple[Fact, ...]], None] | None = None
+        """Told each user's new facts as they are applied (the broadcasts' dry-run summaries)."""
 
     # ---- updates ---------------------------------------------------------------------------------
 
@@ -262,6 +264,8 @@ class ReachIndex:
             self._apply(previous.page_id, previous.partition, previous.facts, remove=True)
         facts, recheck_at = user_facts(state, now, self.rules)
         self._users[key] = _Indexed(state.page_id, partition, facts, recheck_at)
+        if self.listener is not None:
+            self.listener(key, partition, facts)
         self._keys_by_partition.setdefault(partition, set()).add(key)
         self._apply(state.page_id, partition, facts, remove=False)
         if recheck_at is not None:

@@ -44,7 +44,7 @@ from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
 from services.window.queries import reach_view, user_view
-from services.window.reach import ReachIndex
+from services.window.reach import Fact, ReachIndex
 from services.window.store import decode_stored_user
 from services.window.web import QueryApi, WebServer
 from windowgate.core.rulebook import RuleBook
@@ -169,6 +169,7 @@ class WindowWorker:
         )
         self.own_pages: dict[bytes, tuple[int, PageState]] = {}
         self.reach = ReachIndex(rules, self._read_state, clock())
+        self.reach.listener = self._on_facts
         self.shared = WindowShared(
             bootstrap=settings.kafka_bootstrap,
             partitions=self.partitions_count,
@@ -277,6 +278,11 @@ class WindowWorker:
                 )
             counter.inc()
         self.metrics_.batches.inc()
+
+    def _on_facts(self, key: bytes, partition: int, facts: tuple[Fact, ...]) -> None:
+        logic = self.runner.logics.get(partition)
+        if isinstance(logic, WindowPartition):
+            logic.broadcasts.summarise(key, facts)
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self.metrics_.partitions.set(len(self.runner.tasks))
@@ -404,14 +410,9 @@ class WindowWorker:
             logic = self.runner.logics.get(n)
             if not isinstance(logic, WindowPartition) or not logic.broadcasts.index.ready:
                 continue  # restoring or indexing: reported missing, never half counted
-            facts = self.reach.facts if n in self.reach.complete else _no_facts
-            part = dry_run_partition(logic.broadcasts, spec, now, logic.peek_state, facts, page)
+            part = dry_run_partition(logic.broadcasts, spec, now, logic.peek_state, page)
             total.add(part.wire())
         return total.wire()
-
-
-def _no_facts(key: bytes) -> None:
-    return None
 
 
 async def ensure_changelogs(

@@ -423,22 +423,27 @@ def test_a_dry_run_counts_what_would_happen_and_reserves_nothing() -> None:
     )
     before = dict(g.partition.users)
     p = g.partition
-    slow = dry_run_partition(p.broadcasts, spec, g.now, p.peek_state, lambda key: None, None)
+    slow = dry_run_partition(p.broadcasts, spec, g.now, p.peek_state, None)
     assert (slow.audience, slow.by_mechanism, slow.refused) == (3, {"OTN": 2, "RESPONSE": 1}, {})
     everyone = replace(spec, audience=Audience(), purpose="response")
-    part = dry_run_partition(p.broadcasts, everyone, g.now, p.peek_state, lambda key: None, None)
+    part = dry_run_partition(p.broadcasts, everyone, g.now, p.peek_state, None)
     assert (part.audience, part.by_mechanism, part.refused) == (
         4,
         {"RESPONSE": 1},
         {"window_closed": 3},
     )
     blocked = PageState(page_id=PAGE, blocked_at=T0)
-    part = dry_run_partition(p.broadcasts, spec, g.now, p.peek_state, lambda key: None, blocked)
+    part = dry_run_partition(p.broadcasts, spec, g.now, p.peek_state, blocked)
     assert part.refused == {"page_restricted": 3}
-    # the cheap path: a live fact is the mechanism, no state read at all
-    facts = {key_of(u): (("otn_users:restock", None),) for u in USERS[:3]}
-    fast = dry_run_partition(p.broadcasts, spec, g.now, lambda key: None, facts.get, None)
-    assert fast.by_mechanism == {"OTN": 3}
+    # the cheap path: a live fact in the user's summary is the mechanism, no state read at all
+    for u in USERS[:3]:
+        p.broadcasts.summarise(key_of(u), (("users", None), ("otn_users:restock", g.now + H)))
+    p.broadcasts.summarise(key_of(USERS[0]), (("users:RESPONSE", g.now + 1),))
+    fast = dry_run_partition(p.broadcasts, spec, g.now, lambda key: None, None)
+    assert fast.by_mechanism == {"OTN": 2, "RESPONSE": 1}
+    # past the summaries' ends: decided in full from the states (which still allow both)
+    later = dry_run_partition(p.broadcasts, spec, g.now + 2 * H, p.peek_state, None)
+    assert later.by_mechanism == {"OTN": 2, "RESPONSE": 1} and later.audience == 3
     assert g.partition.users == before and g.log[-1].topic != "t.decisions"
 
 
