@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -61,8 +62,9 @@ from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 
-SLICE_USERS = 300
-"""Keys a slice walks per turn: small enough that a batch of webhooks waits a few ms at most."""
+SLICE_USERS = 100
+"""Keys a slice walks per turn (WINDOW_BROADCAST_SLICE): a webhook waits behind one slice's
+transaction at most, so a slice is kept small (measured: `bench.window --broadcast`)."""
 
 NOT_READY_RETRY_S = 0.5
 """While the audience index is being built after a restore, ask for a turn this often."""
@@ -72,6 +74,26 @@ FINAL: frozenset[str] = frozenset({"done", "cancelled"})
 SetId = tuple[str, str, str]
 """An index set: ("p", page, "") every user of the page, ("t", page, topic) token holders,
 ("l", page, label) a label's users."""
+
+
+# ---- pacing --------------------------------------------------------------------------------------
+
+
+class Pacer:
+    """Keeps a worker's fan-out from crowding out webhook folding: after a slice that took t
+    seconds, no partition of the worker slices again before t x `yield_factor` has passed (the
+    partitions share one event loop and its CPU). 0: no pause."""
+
+    def __init__(self, yield_factor: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.yield_factor = yield_factor
+        self.clock = clock
+        self.free_at = 0.0
+
+    def wait(self) -> float:
+        return max(0.0, self.free_at - self.clock())
+
+    def spent(self, seconds: float) -> None:
+        self.free_at = self.clock() + seconds * self.yield_factor
 
 
 # ---- the audience index --------------------------------------------------------------------------

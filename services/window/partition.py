@@ -28,7 +28,7 @@ from aiokafka import TopicPartition
 from schemas.state import PageState, UserState, decode_page_state, encode_page_state
 from services.common.logread import AheadOfLog, Record, read_to_end, reader
 from services.common.partitioned import Outgoing
-from services.window.broadcasts import Broadcasts
+from services.window.broadcasts import Broadcasts, Pacer
 from services.window.processing import (
     Output,
     Result,
@@ -41,6 +41,14 @@ from services.window.store import DecodeCache, StoredUser, decode_stored_user, e
 from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
+
+MAX_ECHOES = 100_000
+"""Own `RequestDecided` values remembered until read back (a broadcast writes one per recipient)."""
+
+ECHO = Result("unchanged")
+"""What reading back an own `RequestDecided` does: nothing. The state absorbed the decision in the
+transaction that wrote the event (fold is idempotent: folding it again would change nothing), so
+the decode, the state lookup and the fold are skipped: half of a broadcast recipient's cost."""
 
 INDEX_CHUNK = 5_000
 """Restored users indexed for the broadcasts per turn (a few tens of ms: webhooks wait no more)."""
@@ -78,6 +86,8 @@ class WindowShared:
     """`<app id>-broadcasts-changelog`: the partition's broadcasts and recipients."""
     broadcast_slice: int | None = None
     """Keys a broadcast's slice walks per turn (None: `broadcasts.SLICE_USERS`)."""
+    pacer: Pacer = field(default_factory=lambda: Pacer(0.0))
+    """The worker's one pacer of slices (WINDOW_BROADCAST_YIELD)."""
     freeze_at_request: str | None = None
     """Test hook (WINDOW_FREEZE_AT_REQUEST): SIGSTOP this process once a batch has decided this
     request, before its transaction, as a GC pause or a frozen VM would stop it."""
@@ -88,6 +98,7 @@ class _Batch:
     users: dict[bytes, StoredUser] = field(default_factory=dict)
     pages: dict[bytes, PageState] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
+    written_events: list[bytes] = field(default_factory=list)
     encoded: dict[bytes, bytes] = field(default_factory=dict)
 
 
@@ -140,6 +151,8 @@ class WindowPartition:
         self.broadcasts = Broadcasts(number, shared.partitions, shared.rules)
         self._unindexed: list[bytes] = []
         self._sliced_on_input = False
+        self._echoes: dict[bytes, None] = {}
+        """The `RequestDecided` values this partition committed and has not yet read back."""
         self._topics = {
             "events": shared.events_topic,
             "decisions": shared.decisions_topic,
@@ -207,6 +220,7 @@ class WindowPartition:
         self.positions = {}
         self.broadcasts.forget()
         self._unindexed = []
+        self._echoes = {}
 
     def _apply_changelog(self, records: Sequence[Record]) -> None:
         users_topic = self.shared.users_changelog
@@ -246,19 +260,28 @@ class WindowPartition:
                     tables, record.key, record.value, source, now, shared.rules, shared.partitions
                 )
             else:
-                result = process_event_record(
-                    tables, record.key, record.value, source, now, shared.partitions
-                )
-                broadcasts.event(record.key, record.value, now)
+                if record.value is not None and self._echoes.pop(record.value, None) is not None:
+                    result = ECHO  # our own RequestDecided, read back: folded when it was written
+                else:
+                    result = process_event_record(
+                        tables, record.key, record.value, source, now, shared.partitions
+                    )
+                    broadcasts.event(record.key, record.value, now)
             batch.results.append(result)
             outputs.extend(self._outgoing(o) for o in result.outputs)
             if shared.freeze_at_request is not None and result.outcome == "decided":
                 freeze_if_asked(shared.freeze_at_request, result)
-        if broadcasts.wants_turn(now) == 0 and (not records or not self._sliced_on_input):
+        if (
+            broadcasts.wants_turn(now) == 0
+            and shared.pacer.wait() == 0
+            and (not records or not self._sliced_on_input)
+        ):
             # An idle turn is a slice; under steady input one batch in two carries one, so the
             # fan-out goes on and a webhook never waits behind more than one slice.
             emit = lambda result: self._emit(result, outputs)  # noqa: E731
+            started = time.monotonic()
             broadcasts.slice(tables, now, emit, shared.broadcast_slice)
+            shared.pacer.spent(time.monotonic() - started)
             self._sliced_on_input = bool(records)
         else:
             self._sliced_on_input = False
@@ -295,7 +318,8 @@ class WindowPartition:
     def wants_turn(self) -> float | None:
         if not self.broadcasts.index.ready:
             return 0.0  # the restored users still to index: a turn of their own
-        return self.broadcasts.wants_turn(self.shared.clock())
+        wants = self.broadcasts.wants_turn(self.shared.clock())
+        return max(wants, self.shared.pacer.wait()) if wants == 0 else wants
 
     def _index_some(self, limit: int) -> None:
         """Index up to `limit` restored users for the broadcasts (their committed state; what a
@@ -310,12 +334,19 @@ class WindowPartition:
             self.broadcasts.index.ready = True
 
     def _outgoing(self, output: Output) -> Outgoing:
+        if output.topic == "events" and self._batch is not None:
+            self._batch.written_events.append(output.value)
         return Outgoing(self._topics[output.topic], output.key, output.value)
 
     def committed(self, written: Mapping[TopicPartition, int]) -> None:
         batch, self._batch = self._batch, None
         if batch is None:
             return
+        echoes = self._echoes
+        for value in batch.written_events:
+            echoes[value] = None
+        while len(echoes) > MAX_ECHOES:  # read back long ago, or never: fold them then
+            del echoes[next(iter(echoes))]
         for tp in self.positions:  # only this partition's producer writes its changelogs
             if tp in written:
                 self.positions[tp] = max(self.positions[tp], written[tp])

@@ -39,7 +39,7 @@ from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
 from services.common.topics import TopicSpec, ensure_topic_specs
-from services.window.broadcasts import DryRun, dry_run_partition
+from services.window.broadcasts import DryRun, Pacer, dry_run_partition
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -188,6 +188,7 @@ class WindowWorker:
             on_committed=self._on_committed,
             freeze_at_request=config.freeze_at_request,
             broadcast_slice=config.broadcast_slice,
+            pacer=Pacer(config.broadcast_yield),
         )
         self.runner = PartitionedRunner(
             bootstrap=settings.kafka_bootstrap,

@@ -40,7 +40,7 @@ from schemas.events import (
 from schemas.state import PageState
 from services.common.partitioned import Outgoing
 from services.window import broadcasts as broadcasts_module
-from services.window.broadcasts import dry_run_partition
+from services.window.broadcasts import Pacer, dry_run_partition
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import encode_decision_fast, partition_for
 from services.window.store import NO_OFFSET, decode_stored_user, encode_stored_user
@@ -537,3 +537,44 @@ def test_the_fast_encoders_write_what_the_generic_ones_write() -> None:
         if stored.request_offset != NO_OFFSET:
             wire["ro"] = stored.request_offset
         assert encode_stored_user(stored) == dumps(wire)
+
+
+def test_own_request_decided_events_read_back_are_not_folded_again() -> None:
+    g = Gateway()
+    holders(g, USERS[:3])
+    out = g.turn(g.create())
+    written = [o for o in out if o.topic == "t.events"]
+    assert len(written) == 3
+    before = dict(g.partition.users)
+    echoes = [g.rec("t.events", o.key or b"", o.value or b"") for o in written]
+    back = g.partition.process(echoes)
+    g.partition.committed({})
+    assert not [o for o in back if o.topic == CHANGELOGS[0]] and g.partition.users == before
+    assert g.partition._echoes == {}  # each read back once
+    # read again (a redelivery after the first read was forgotten): folded, and a no-op
+    again = g.partition.process(echoes)
+    assert not [o for o in again if o.topic == CHANGELOGS[0]]
+    g.partition.rolled_back()
+    lost = g.partition.process([g.create("b2", audience=Audience(topic=TOPIC))])
+    g.partition.rolled_back()  # never committed: not remembered as ours
+    assert g.partition._echoes == {} and lost
+
+
+def test_the_pacer_keeps_slices_apart_and_the_partition_waits_for_it() -> None:
+    clock = [100.0]
+    pacer = Pacer(2.0, clock=lambda: clock[0])
+    assert pacer.wait() == 0
+    pacer.spent(0.05)  # a 50 ms slice: 100 ms for everything else
+    assert pacer.wait() == pytest.approx(0.1)
+    clock[0] += 0.1
+    assert pacer.wait() == 0
+    g = Gateway()
+    g.shared.pacer = Pacer(1.0, clock=lambda: clock[0])
+    holders(g, USERS[:5])
+    g.shared.pacer.spent(1.0)
+    g.turn(g.create())
+    assert g.decisions() == [] and g.partition.wants_turn() == pytest.approx(1.0)
+    clock[0] += 1.0
+    assert g.partition.wants_turn() == 0
+    g.run_out()
+    assert len(g.decisions()) == 5
