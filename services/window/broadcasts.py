@@ -172,18 +172,25 @@ class AudienceIndex:
             keys = {f"{page_id}:{user}".encode() for user in audience.users}
             mine = {k for k in keys if partition_for(k, partitions) == partition}
             return _Base(None, mine)
-        candidates: list[SetId] = []  # the most specific first: it wins a tie
+        candidates: list[frozenset[SetId]] = []  # the most specific first: it wins a tie
         if audience.topic is not None:
-            candidates.append(("t", page_id, audience.topic))
-        candidates += [("l", page_id, label) for label in audience.labels_all]
-        candidates.append(("p", page_id, ""))
-        chosen = min(candidates, key=lambda c: len(self.members(c)))
-        return _Base(chosen, self.members(chosen))
+            candidates.append(frozenset({("t", page_id, audience.topic)}))
+        candidates += [frozenset({("l", page_id, label)}) for label in audience.labels_all]
+        if audience.labels_any:  # every recipient has one of them: the union of their sets
+            candidates.append(frozenset(("l", page_id, label) for label in audience.labels_any))
+        candidates.append(frozenset({("p", page_id, "")}))
+        sized = [
+            (sum(len(self.members(i)) for i in ids), n, ids) for n, ids in enumerate(candidates)
+        ]
+        chosen = min(sized)[2]
+        if len(chosen) == 1:
+            return _Base(chosen, self.members(next(iter(chosen))))
+        return _Base(chosen, set().union(*(self.members(i) for i in chosen)))
 
 
 @dataclass(frozen=True, slots=True)
 class _Base:
-    set_id: SetId | None  # None: the explicit `users` list, which nobody joins later
+    set_ids: frozenset[SetId] | None  # None: the explicit `users` list, which nobody joins later
     keys: set[bytes]
 
 
@@ -192,7 +199,7 @@ class _Walk:
     """The sorted keys a broadcast walks in this partition (a cache, rebuilt after a restore from
     the index; the cursor in the committed broadcast says where the walk is)."""
 
-    set_id: SetId | None
+    set_ids: frozenset[SetId] | None
     keys: list[bytes]
 
 
@@ -335,9 +342,12 @@ class Broadcasts:
         passed a user who joins its base set takes them in."""
         for set_id in self.index.update(key, state):
             for broadcast_id, walk in self._walks.items():
-                if walk.set_id != set_id:
+                if walk.set_ids is None or set_id not in walk.set_ids:
                     continue
-                cursor = self.broadcasts[broadcast_id].cursor
+                broadcast = self.broadcasts.get(broadcast_id)
+                if broadcast is None:
+                    continue  # created by a batch that did not commit: its walk is dropped
+                cursor = broadcast.cursor
                 if cursor is not None and key <= cursor:
                     continue
                 at = bisect.bisect_left(walk.keys, key)
@@ -535,7 +545,7 @@ class Broadcasts:
             spec = broadcast.spec
             base = self.index.base(spec.page_id, spec.audience, self.number, self.partitions)
             keys = sorted(base.keys)
-            walk = self._walks[broadcast_id] = _Walk(base.set_id, keys)
+            walk = self._walks[broadcast_id] = _Walk(base.set_ids, keys)
         return walk
 
     def _walk_one(
@@ -617,6 +627,8 @@ class Broadcasts:
 
     def rolled_back(self) -> None:
         self._work = None
+        for gone in [b for b in self._walks if b not in self.broadcasts]:
+            del self._walks[gone]  # walks of broadcasts the lost batch created
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -738,11 +750,12 @@ def dry_run_partition(
     index = broadcasts.index
     audience = spec.audience
     base = index.base(spec.page_id, audience, broadcasts.number, broadcasts.partitions)
+    only = next(iter(base.set_ids)) if base.set_ids is not None and len(base.set_ids) == 1 else None
     plain = (
         audience.users is None
         and not (audience.labels_all or audience.labels_any or audience.labels_none)
-        and base.set_id is not None
-        and (audience.topic is None or base.set_id[0] == "t")
+        and only is not None
+        and only[0] == ("p" if audience.topic is None else "t")
     )  # the base set is the audience itself: no per-user check
     if page is not None and page.restricted:
         purpose = "none"  # every user is refused; `decide` says why

@@ -578,3 +578,40 @@ def test_the_pacer_keeps_slices_apart_and_the_partition_waits_for_it() -> None:
     assert g.partition.wants_turn() == 0
     g.run_out()
     assert len(g.decisions()) == 5
+
+
+def test_a_lost_create_leaves_no_walk_behind(monkeypatch: Any) -> None:
+    monkeypatch.setattr(broadcasts_module, "SLICE_USERS", 2)
+    g = Gateway()
+    holders(g, USERS[:4])
+    g.lost_turn(g.create())  # its slice built a walk; the transaction failed
+    holders(g, USERS[4:8])  # joiners of that walk's set, committed
+    g.turn(g.create())
+    g.run_out()
+    assert Counter(d.user_id for d in g.decisions()) == Counter(USERS[:8])
+
+
+def test_labels_any_walks_the_union_of_its_labels_and_takes_late_joiners(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(broadcasts_module, "SLICE_USERS", 2)
+    g = Gateway()
+    ordered = sorted(USERS[:12], key=key_of)
+
+    def label(user: str, name: str) -> Rec:
+        return g.event(LabelAdded(page_id=PAGE, user_id=user, timestamp=T0, label=name))
+
+    g.turn(
+        *(
+            g.event(MessageReceived(page_id=PAGE, user_id=u, timestamp=g.now - H, mid=u))
+            for u in ordered
+        )
+    )
+    g.turn(label(ordered[0], "wine"), label(ordered[1], "beer"), label(ordered[2], "wine"))
+    g.turn(g.create(purpose="response", audience=Audience(labels_any=("wine", "beer"))))
+    walk = g.partition.broadcasts._walks["b1"]
+    assert walk.keys == [key_of(u) for u in ordered[:3]]  # the union, not the page
+    g.turn(label(ordered[11], "beer"))  # ahead of the cursor: in
+    g.run_out()
+    assert sorted(d.user_id for d in g.decisions()) == sorted([*ordered[:3], ordered[11]])
+    assert g.progress().status == "done"
