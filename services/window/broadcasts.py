@@ -201,6 +201,8 @@ class _Walk:
 
     set_ids: frozenset[SetId] | None
     keys: list[bytes]
+    ahead: int = 0  # keys after `ahead_of` in the audience (the progress's `audience` is
+    ahead_of: bytes | None = b"\xff"  # decided + ahead); b"\xff": not counted yet
 
 
 # ---- what is stored ------------------------------------------------------------------------------
@@ -353,6 +355,8 @@ class Broadcasts:
                 at = bisect.bisect_left(walk.keys, key)
                 if at == len(walk.keys) or walk.keys[at] != key:
                     walk.keys.insert(at, key)
+                    if walk.ahead_of == cursor:
+                        walk.ahead += 1
 
     # ---- a batch ------------------------------------------------------------------------------
 
@@ -554,6 +558,11 @@ class Broadcasts:
         spec = broadcast.spec
         walk = self._walk_of(broadcast)
         start = 0 if broadcast.cursor is None else bisect.bisect_right(walk.keys, broadcast.cursor)
+        if walk.ahead_of != broadcast.cursor:  # after a restore, or a batch that did not commit
+            walk.ahead = sum(
+                1 for k in walk.keys[start:] if self.index.matches(k, spec.page_id, spec.audience)
+            )
+            walk.ahead_of = broadcast.cursor
         keys = walk.keys[start : start + limit]
         decided = 0
         by_mechanism: dict[str, int] = {}
@@ -561,6 +570,7 @@ class Broadcasts:
         for key in keys:
             if not self.index.matches(key, spec.page_id, spec.audience):
                 continue
+            walk.ahead -= 1
             request = recipient_request(spec, key, now)
             result = decide_own_request(tables, key, request, now, self.rules)
             if result.outcome != "decided":
@@ -577,19 +587,19 @@ class Broadcasts:
         progress = broadcast.progress
         remaining = len(walk.keys) - start - len(keys)
         status: BroadcastState = progress.status if remaining > 0 else "done"
+        cursor = keys[-1] if keys else broadcast.cursor
+        walk.ahead_of = cursor
+        ahead = max(walk.ahead, 0) if remaining > 0 else 0
         progress = replace(
             progress,
             status=status,
             decided=progress.decided + decided,
-            audience=max(progress.audience, progress.decided + decided + remaining)
-            if remaining > 0
-            else progress.decided + decided,
+            audience=progress.decided + decided + ahead,
             by_mechanism=_add(progress.by_mechanism, by_mechanism),
             refused=_add(progress.refused, refused),
             started_at=progress.started_at if progress.started_at is not None else now,
             finished_at=now if status == "done" else progress.finished_at,
         )
-        cursor = keys[-1] if keys else broadcast.cursor
         self._put(replace(broadcast, progress=progress, cursor=cursor), now)
         return max(len(keys), 1)
 

@@ -198,6 +198,7 @@ def test_a_broadcast_fans_out_in_slices_one_decision_per_recipient(monkeypatch: 
     holders(g, users)
     g.turn(g.create())  # the create's own batch carries the first slice
     assert g.progress().status == "running" and g.progress().decided == 10
+    assert g.progress().audience == 25  # decided + still ahead in the walk
     assert g.run_out() == 2  # 10 + 5 more keys
     decisions = g.decisions()
     assert sorted(d.user_id for d in decisions) == sorted(users)
@@ -611,7 +612,8 @@ def test_labels_any_walks_the_union_of_its_labels_and_takes_late_joiners(
     g.turn(g.create(purpose="response", audience=Audience(labels_any=("wine", "beer"))))
     walk = g.partition.broadcasts._walks["b1"]
     assert walk.keys == [key_of(u) for u in ordered[:3]]  # the union, not the page
+    assert (g.progress().decided, g.progress().audience) == (2, 3)
     g.turn(label(ordered[11], "beer"))  # ahead of the cursor: in
     g.run_out()
     assert sorted(d.user_id for d in g.decisions()) == sorted([*ordered[:3], ordered[11]])
-    assert g.progress().status == "done"
+    assert (g.progress().status, g.progress().audience) == ("done", 4)
