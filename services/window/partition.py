@@ -151,7 +151,7 @@ class WindowPartition:
         self.broadcasts = Broadcasts(number, shared.partitions, shared.rules)
         self._unindexed: list[bytes] = []
         self._sliced_on_input = False
-        self._echoes: dict[bytes, None] = {}
+        self._echoes: dict[bytes, bool] = {}
         """The `RequestDecided` values this partition committed and has not yet read back."""
         self._topics = {
             "events": shared.events_topic,
@@ -260,7 +260,7 @@ class WindowPartition:
                     tables, record.key, record.value, source, now, shared.rules, shared.partitions
                 )
             else:
-                if record.value is not None and self._echoes.pop(record.value, None) is not None:
+                if record.value is not None and self._echoes.pop(record.value, False):
                     result = ECHO  # our own RequestDecided, read back: folded when it was written
                 else:
                     result = process_event_record(
@@ -344,7 +344,7 @@ class WindowPartition:
             return
         echoes = self._echoes
         for value in batch.written_events:
-            echoes[value] = None
+            echoes[value] = True
         while len(echoes) > MAX_ECHOES:  # read back long ago, or never: fold them then
             del echoes[next(iter(echoes))]
         for tp in self.positions:  # only this partition's producer writes its changelogs

@@ -40,6 +40,7 @@ from schemas.events import (
 from schemas.state import PageState
 from services.common.partitioned import Outgoing
 from services.window import broadcasts as broadcasts_module
+from services.window import partition as partition_module
 from services.window.broadcasts import Pacer, dry_run_partition
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import encode_decision_fast, partition_for
@@ -540,7 +541,15 @@ def test_the_fast_encoders_write_what_the_generic_ones_write() -> None:
         assert encode_stored_user(stored) == dumps(wire)
 
 
-def test_own_request_decided_events_read_back_are_not_folded_again() -> None:
+def test_own_request_decided_events_read_back_are_not_folded_again(monkeypatch: Any) -> None:
+    folded: list[bytes | None] = []
+    real = partition_module.process_event_record
+
+    def counted(tables: Any, key: Any, value: Any, *rest: Any) -> Any:
+        folded.append(value)
+        return real(tables, key, value, *rest)
+
+    monkeypatch.setattr(partition_module, "process_event_record", counted)
     g = Gateway()
     holders(g, USERS[:3])
     out = g.turn(g.create())
@@ -548,13 +557,15 @@ def test_own_request_decided_events_read_back_are_not_folded_again() -> None:
     assert len(written) == 3
     before = dict(g.partition.users)
     echoes = [g.rec("t.events", o.key or b"", o.value or b"") for o in written]
+    folded.clear()
     back = g.partition.process(echoes)
     g.partition.committed({})
+    assert folded == []  # not decoded, not folded
     assert not [o for o in back if o.topic == CHANGELOGS[0]] and g.partition.users == before
     assert g.partition._echoes == {}  # each read back once
     # read again (a redelivery after the first read was forgotten): folded, and a no-op
     again = g.partition.process(echoes)
-    assert not [o for o in again if o.topic == CHANGELOGS[0]]
+    assert not [o for o in again if o.topic == CHANGELOGS[0]] and len(folded) == 3
     g.partition.rolled_back()
     lost = g.partition.process([g.create("b2", audience=Audience(topic=TOPIC))])
     g.partition.rolled_back()  # never committed: not remembered as ours
