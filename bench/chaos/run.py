@@ -35,7 +35,7 @@ from bench.chaos.checks import (
     user_states,
 )
 from bench.chaos.stack import Broker, Service, clean_environ, service_env
-from bench.chaos.traffic import Traffic, broadcast_command, broadcast_spec
+from bench.chaos.traffic import Traffic, broadcast_command, broadcast_specs
 from bench.results import commit as current_commit
 from devtools.devbroker import free_port, unique_name
 from devtools.graph_standin import GraphStandIn
@@ -61,8 +61,8 @@ STARTUP_LIMIT_S = 180.0
 RECOVERY_LIMIT_S = 120.0
 HUNG_START_S = 25.0
 STUCK_S = 20.0  # settling ends early when nothing changed for this long
-BROADCAST_SLICE = 2
-BROADCAST_AT = 0.3  # of the run: the broadcast is created then, paused, and resumed
+BROADCAST_SLICE = 1
+BROADCAST_AT = 0.3  # of the run: the broadcasts are created then, paused, and resumed
 BROADCAST_PAUSE_S = 4.0
 
 
@@ -137,7 +137,7 @@ class Chaos:
         self.others: dict[str, Service] = {}  # not part of the stack: the previous run
         self.traffic: Traffic | None = None
         self.session: aiohttp.ClientSession | None = None
-        self.broadcast = broadcast_spec(self.run_id, next(iter(PAGES)))
+        self.broadcasts = broadcast_specs(self.run_id, next(iter(PAGES)))
         self.broadcast_commands: list[dict[str, Any]] = []
 
     # ---- the stack ------------------------------------------------------------------------------
@@ -415,23 +415,25 @@ class Chaos:
         at = self.started + BROADCAST_AT * self.opts.seconds
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         await self.broadcast_command("create")
-        await asyncio.sleep(BROADCAST_PAUSE_S / 2)
+        await asyncio.sleep(BROADCAST_PAUSE_S / 4)
         await self.broadcast_command("pause")
         await asyncio.sleep(BROADCAST_PAUSE_S)
         await self.broadcast_command("resume")
 
     async def broadcast_command(self, kind: CommandKind) -> None:
         topic = Topics(self.prefix).broadcast_commands
-        value = broadcast_command(self.broadcast, kind)
-        key = self.broadcast.broadcast_id.encode()
         for attempt in range(60):
             producer = durable_producer(self.broker.bootstrap, request_timeout_ms=10_000)
             try:
                 await producer.start()
-                for partition in range(self.opts.partitions):
-                    await producer.send_and_wait(topic, value, key=key, partition=partition)
+                for spec in self.broadcasts:
+                    value = broadcast_command(spec, kind)
+                    for partition in range(self.opts.partitions):
+                        await producer.send_and_wait(
+                            topic, value, key=spec.broadcast_id.encode(), partition=partition
+                        )
                 break
-            except Exception as exc:  # the broker is being killed: write it again
+            except Exception as exc:  # the broker is being killed: write them again (harmless)
                 say(f"broadcast {kind}: {type(exc).__name__}; again (attempt {attempt + 1})")
                 await asyncio.sleep(1.0)
             finally:
@@ -439,7 +441,7 @@ class Chaos:
                     await producer.stop()
         at = round(time.monotonic() - self.started, 1)
         self.broadcast_commands.append({"kind": kind, "at_s": at})
-        say(f"broadcast {self.broadcast.broadcast_id}: {kind} at {at} s")
+        say(f"broadcasts: {kind} at {at} s")
 
     # ---- traffic and progress -------------------------------------------------------------------
 
@@ -534,29 +536,31 @@ class Chaos:
         await asyncio.sleep(2.0)  # the last deliveries of what was just decided
         settled_s = time.monotonic() - fault_end
         graph = check_graph(self.standin.calls, ledger, decisions, self.wall_offset_s)
-        broadcast = check_broadcast(
-            self.broadcast.broadcast_id, decisions, self.standin.calls, ledger
-        )
+        broadcasts = [
+            check_broadcast(spec.broadcast_id, decisions, self.standin.calls, ledger)
+            for spec in self.broadcasts
+        ]
         say("replay --compare ...")
         replay = await run_replay(
             self.broker.bootstrap, self.prefix, self.app_id, self.opts.partitions
         )
         report = self.report(hooks, asked, graph, replay, settled_s, events)
-        report["counts"]["broadcast_recipients_decided_twice"] = broadcast.decided_twice.count
-        report["counts"]["broadcast_users_messaged_twice"] = broadcast.messaged_twice.count
-        report["passed"] = not any(report["counts"].values())
-        report["broadcast"] = {
-            "broadcast_id": self.broadcast.broadcast_id,
+        counts = report["counts"]
+        counts["broadcast_recipients_decided_twice"] = sum(
+            b.decided_twice.count for b in broadcasts
+        )
+        counts["broadcast_users_messaged_twice"] = sum(b.messaged_twice.count for b in broadcasts)
+        report["passed"] = not any(counts.values())
+        report["broadcasts"] = {
             "commands": self.broadcast_commands,
-            "recipients_decided": broadcast.recipients,
-            "graph_calls": broadcast.graph_calls,
-            "decided_twice": {
-                "count": broadcast.decided_twice.count,
-                "examples": broadcast.decided_twice.examples,
-            },
-            "messaged_twice": {
-                "count": broadcast.messaged_twice.count,
-                "examples": broadcast.messaged_twice.examples,
+            "by_id": {
+                spec.broadcast_id: {
+                    "recipients_decided": found.recipients,
+                    "graph_calls": found.graph_calls,
+                    "decided_twice": asdict(found.decided_twice),
+                    "messaged_twice": asdict(found.messaged_twice),
+                }
+                for spec, found in zip(self.broadcasts, broadcasts, strict=True)
             },
         }
         return report

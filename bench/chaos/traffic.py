@@ -45,15 +45,23 @@ def broadcast_of(text: str | None) -> str | None:
     return text[len(BROADCAST_PREFIX) :]
 
 
-def broadcast_spec(run_id: str, page: str) -> BroadcastSpec:
-    """The run's broadcast: every holder of a TOPICS[0] token on `page`; `auto` takes the open
-    window when there is one, else the token."""
-    broadcast_id = f"chaos-{run_id}-restock"
-    return BroadcastSpec(
-        broadcast_id=broadcast_id,
-        page_id=page,
-        message={"text": f"{BROADCAST_PREFIX}{broadcast_id}"},
-        audience=Audience(topic=TOPICS[0]),
+def broadcast_specs(run_id: str, page: str) -> tuple[BroadcastSpec, ...]:
+    """The run's broadcasts on `page`: to every holder of a TOPICS[0] token (`auto`: the open
+    window when there is one, else the token), and to every user of the page (`auto` with no
+    topic: the open window, else refused), the larger one, still fanning out when it is paused."""
+    restock, everyone = f"chaos-{run_id}-restock", f"chaos-{run_id}-everyone"
+    return (
+        BroadcastSpec(
+            broadcast_id=restock,
+            page_id=page,
+            message={"text": f"{BROADCAST_PREFIX}{restock}"},
+            audience=Audience(topic=TOPICS[0]),
+        ),
+        BroadcastSpec(
+            broadcast_id=everyone,
+            page_id=page,
+            message={"text": f"{BROADCAST_PREFIX}{everyone}"},
+        ),
     )
 
 
