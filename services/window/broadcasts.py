@@ -34,7 +34,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,7 +57,7 @@ from schemas.request import SendRequest
 from schemas.state import PageState, UserState
 from services.window.processing import Result, decide_own_request, partition_for
 from services.window.store import Tables
-from windowgate.core.decide import decide
+from windowgate.core.decide import Context, Verdict, decide, otn_verdict, window_verdict
 from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,8 @@ class Broadcasts:
         """Per user, what the reach facts say the window and each OTN topic allow until (the dry
         run's cheap path); kept by the reach index's listener as it applies state changes."""
 
-    def summarise(self, key: bytes, facts: Facts) -> None:
-        self.summaries[key] = summary_of(facts)
+    def summarise(self, key: bytes, state: UserState, verdicts: list[Verdict], now: int) -> None:
+        self.summaries[key] = summary_of(state, verdicts, now, self.rules)
 
     # ---- restore ------------------------------------------------------------------------------
 
@@ -719,29 +719,45 @@ class DryRun:
         }
 
 
-Facts = Sequence[tuple[str, int | None]]
-"""A user's reach facts (`services.window.reach.user_facts`): (label, until) pairs, None: no end."""
-
 FOREVER = 2**62
 NEVER = -1
-Summary = tuple[int, dict[str, int] | None]
-"""(until when the window allows RESPONSE, {OTN topic: until when a token on it is usable}):
-NEVER for not at all, FOREVER for no end."""
-
-_OTN_USERS = "otn_users:"
 
 
-def summary_of(facts: Facts) -> Summary:
-    window = NEVER
-    otn: dict[str, int] | None = None
-    for label, until in facts:
-        if label == "users:RESPONSE":
-            window = FOREVER if until is None else until
-        elif label.startswith(_OTN_USERS):
-            if otn is None:
-                otn = {}
-            otn[label[len(_OTN_USERS) :]] = FOREVER if until is None else until
-    return window, otn
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What `decide` would say for this user, by mechanism, as of `at` (the reach index's last
+    assessment of the user): until when the window allows RESPONSE (NEVER: refused, with
+    `window_reason`), per OTN topic held until when a token is usable (NEVER: refused, with the
+    reason), and the user-level block that refuses everything, if any."""
+
+    at: int
+    platform: str
+    window_until: int
+    window_reason: str
+    otn: dict[str, tuple[int, str]] | None
+    blocked: str | None
+
+
+def summary_of(state: UserState, verdicts: list[Verdict], now: int, rules: RuleBook) -> Summary:
+    """The summary of a user the reach index just assessed (`verdicts`: `assess`'s, whose single
+    refusal means a user-level block). The window and OTN verdicts are the core's own."""
+    if len(verdicts) == 1 and not verdicts[0].allowed:
+        return Summary(now, state.platform, NEVER, verdicts[0].reason, None, verdicts[0].reason)
+    ctx = Context(state, now, rules, rules.page(state.page_id), state.platform)
+    window = window_verdict(ctx)
+    otn: dict[str, tuple[int, str]] | None = None
+    for topic in dict.fromkeys(t.topic for t in state.otn):
+        verdict = otn_verdict(ctx, topic)
+        if otn is None:
+            otn = {}
+        otn[topic] = (_until(verdict), verdict.reason)
+    return Summary(now, state.platform, _until(window), window.reason, otn, None)
+
+
+def _until(verdict: Verdict) -> int:
+    if not verdict.allowed:
+        return NEVER
+    return FOREVER if verdict.valid_until is None else verdict.valid_until
 
 
 def dry_run_partition(
@@ -751,11 +767,12 @@ def dry_run_partition(
     state_of: Callable[[bytes], UserState | None],
     page: PageState | None,
 ) -> DryRun:
-    """One partition's share of a dry run. The cheap path reads the user's summary of the reach
-    facts (what `assess` allowed and until when, kept as states commit): for `auto`, `response`
-    and `otn`, a window or token alive at `now` is the mechanism `decide` would pick. Users no
-    summary allows (a refusal, whose reason matters), or not yet summarised, and every other
-    purpose, are decided in full on a copy of their state: nothing is reserved."""
+    """One partition's share of a dry run. The cheap path reads each user's `Summary` (the core's
+    window and OTN verdicts as of the reach index's last assessment, kept as states commit and at
+    the instants a verdict can change): for `auto`, `response` and `otn`, what `decide` would
+    answer, grant or refusal with its reason. Users without a summary (not yet assessed), whose
+    grant ended since, of another platform, and every other purpose are decided in full on a copy
+    of their state. Nothing is reserved."""
     out = DryRun(partitions=[broadcasts.number])
     index = broadcasts.index
     audience = spec.audience
@@ -768,18 +785,21 @@ def dry_run_partition(
         and only[0] == ("p" if audience.topic is None else "t")
     )  # the base set is the audience itself: no per-user check
     if page is not None and page.restricted:
-        purpose = "none"  # every user is refused; `decide` says why
+        purpose = "page_restricted"  # `decide` refuses every user for it before anything else
     else:
         purpose = spec.purpose if spec.purpose in ("auto", "response", "otn") else "none"
-    members: Iterable[bytes] = (
+    members: Collection[bytes] = (
         base.keys if plain else [k for k in base.keys if index.matches(k, spec.page_id, audience)]
     )
-    window, otn, slow = _count_fast(members, broadcasts.summaries, purpose, audience.topic, now)
-    out.audience = window + otn + len(slow)
-    if window:
-        out.by_mechanism["RESPONSE"] = window
-    if otn:
-        out.by_mechanism["OTN"] = otn
+    counted = _count_fast(
+        members, broadcasts.summaries, purpose, audience.topic, spec.platform, now
+    )
+    slow = counted.slow
+    out.audience = counted.members
+    for name, n in counted.by_mechanism.items():
+        if n:
+            out.by_mechanism[name] = n
+    out.refused.update(counted.refused)
     for key in slow:
         state = state_of(key) or UserState(
             page_id=spec.page_id, user_id=key.decode()[len(spec.page_id) + 1 :]
@@ -794,35 +814,74 @@ def dry_run_partition(
     return out
 
 
+@dataclass
+class _Counted:
+    members: int = 0
+    by_mechanism: dict[str, int] = field(default_factory=lambda: {"RESPONSE": 0, "OTN": 0})
+    refused: dict[str, int] = field(default_factory=dict)
+    slow: list[bytes] = field(default_factory=list)
+
+
 def _count_fast(
-    members: Iterable[bytes],
+    members: Collection[bytes],
     summaries: Mapping[bytes, Summary],
     purpose: str,
     topic: str | None,
+    platform: str,
     now: int,
-) -> tuple[int, int, list[bytes]]:
-    """(by the window, by an OTN token, the keys to decide in full): one tight loop per user, the
-    dry run's whole cost for a million users."""
-    get = summaries.get
-    window = otn = 0
-    slow: list[bytes] = []
+) -> _Counted:
+    """What `decide` would answer each member, read off the summaries (a tight loop: the dry
+    run's whole cost for a million users); the keys it cannot tell go to `slow`. A verdict that
+    was a grant when assessed and has ended since is told by `decide` (the reason may differ)."""
+    out = _Counted()
+    slow = out.slow
     keep = slow.append
     if purpose == "none":
-        return 0, 0, list(members)
-    use_window = purpose != "otn"
-    use_token = purpose != "response" and topic is not None
+        slow.extend(members)
+        out.members = len(slow)
+        return out
+    if purpose == "page_restricted":
+        out.members = len(members)
+        out.refused["page_restricted"] = out.members
+        return out
+    get = summaries.get
+    refused = out.refused
+    window = token = 0
+    with_window = purpose != "otn"
     name = topic or ""
+    with_token = purpose != "response" and topic is not None
     for key in members:
-        summary = get(key)
-        if summary is None:
+        s = get(key)
+        if s is None or s.platform != platform:
             keep(key)
-        elif use_window and summary[0] > now:
-            window += 1
-        elif use_token and (tokens := summary[1]) is not None and tokens.get(name, NEVER) > now:
-            otn += 1
+            continue
+        if with_window:
+            until = s.window_until
+            if until > now:
+                window += 1
+                continue
+            if until != NEVER:
+                keep(key)  # it ended since the assessment
+                continue
+            if s.blocked is not None or not with_token:
+                reason = s.window_reason  # a block's reason, when blocked
+                refused[reason] = refused.get(reason, 0) + 1
+                continue
+        elif s.blocked is not None:
+            refused[s.blocked] = refused.get(s.blocked, 0) + 1
+            continue
+        held = s.otn.get(name) if s.otn is not None else None
+        if held is None:
+            keep(key)  # no token of the topic: the rule's lookup decides the reason
+        elif held[0] > now:
+            token += 1
+        elif held[0] != NEVER:
+            keep(key)
         else:
-            keep(key)
-    return window, otn, slow
+            refused[held[1]] = refused.get(held[1], 0) + 1
+    out.members = len(members)
+    out.by_mechanism = {"RESPONSE": window, "OTN": token}
+    return out
 
 
 def combine(parts: Iterable[Mapping[str, Any]]) -> DryRun:

@@ -44,9 +44,10 @@ from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
 from services.window.queries import reach_view, user_view
-from services.window.reach import Fact, ReachIndex
+from services.window.reach import ReachIndex
 from services.window.store import decode_stored_user
 from services.window.web import QueryApi, WebServer
+from windowgate.core.decide import Verdict
 from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class WindowWorker:
         )
         self.own_pages: dict[bytes, tuple[int, PageState]] = {}
         self.reach = ReachIndex(rules, self._read_state, clock())
-        self.reach.listener = self._on_facts
+        self.reach.listener = self._on_assessed
         self.shared = WindowShared(
             bootstrap=settings.kafka_bootstrap,
             partitions=self.partitions_count,
@@ -280,10 +281,12 @@ class WindowWorker:
             counter.inc()
         self.metrics_.batches.inc()
 
-    def _on_facts(self, key: bytes, partition: int, facts: tuple[Fact, ...]) -> None:
+    def _on_assessed(
+        self, key: bytes, partition: int, state: UserState, verdicts: list[Verdict], now: int
+    ) -> None:
         logic = self.runner.logics.get(partition)
         if isinstance(logic, WindowPartition):
-            logic.broadcasts.summarise(key, facts)
+            logic.broadcasts.summarise(key, state, verdicts, now)
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self.metrics_.partitions.set(len(self.runner.tasks))

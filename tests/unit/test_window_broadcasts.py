@@ -35,6 +35,7 @@ from schemas.events import (
     MessageReceived,
     OtnOptin,
     SendOutcome,
+    UserUnavailable,
     encode_event,
 )
 from schemas.state import PageState
@@ -44,6 +45,7 @@ from services.window import partition as partition_module
 from services.window.broadcasts import Pacer, dry_run_partition
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import encode_decision_fast, partition_for
+from services.window.reach import ReachIndex
 from services.window.store import NO_OFFSET, decode_stored_user, encode_stored_user
 from tests.unit.builders import PAGE, T0, H
 from windowgate.core.rulebook import load_rules
@@ -437,16 +439,67 @@ def test_a_dry_run_counts_what_would_happen_and_reserves_nothing() -> None:
     blocked = PageState(page_id=PAGE, blocked_at=T0)
     part = dry_run_partition(p.broadcasts, spec, g.now, p.peek_state, blocked)
     assert part.refused == {"page_restricted": 3}
-    # the cheap path: a live fact in the user's summary is the mechanism, no state read at all
-    for u in USERS[:3]:
-        p.broadcasts.summarise(key_of(u), (("users", None), ("otn_users:restock", g.now + H)))
-    p.broadcasts.summarise(key_of(USERS[0]), (("users:RESPONSE", g.now + 1),))
+    # the cheap path: the summaries answer without reading a state
+    assess_all(g)
     fast = dry_run_partition(p.broadcasts, spec, g.now, lambda key: None, None)
-    assert fast.by_mechanism == {"OTN": 2, "RESPONSE": 1}
-    # past the summaries' ends: decided in full from the states (which still allow both)
-    later = dry_run_partition(p.broadcasts, spec, g.now + 2 * H, p.peek_state, None)
-    assert later.by_mechanism == {"OTN": 2, "RESPONSE": 1} and later.audience == 3
+    assert (fast.audience, fast.by_mechanism, fast.refused) == (3, {"OTN": 2, "RESPONSE": 1}, {})
     assert g.partition.users == before and g.log[-1].topic != "t.decisions"
+
+
+def assess_all(g: Gateway, at: int | None = None) -> None:
+    """Every user assessed by a reach index, whose listener keeps the dry run's summaries (as the
+    worker wires it)."""
+    reach = ReachIndex(RULES, lambda key: None, g.now)
+    broadcasts = g.partition.broadcasts
+    reach.listener = lambda key, n, state, verdicts, now: broadcasts.summarise(
+        key, state, verdicts, now
+    )
+    for key, raw in g.partition.users.items():
+        reach.mark(key, N, decode_stored_user(raw).state)
+    reach.flush(g.now if at is None else at)
+
+
+def test_the_dry_runs_cheap_path_answers_what_deciding_in_full_answers() -> None:
+    g = Gateway()
+    users = USERS[:8]
+    holders(g, users[:5])  # window closed, a token each
+    g.turn(
+        g.event(MessageReceived(page_id=PAGE, user_id=users[0], timestamp=g.now - H, mid="a")),
+        g.event(optin(users[5], T0 - 400 * 24 * H)),  # a token over a year old
+        g.event(MessageReceived(page_id=PAGE, user_id=users[6], timestamp=g.now - 2 * H, mid="b")),
+        g.event(UserUnavailable(page_id=PAGE, user_id=users[1], timestamp=g.now - H)),
+        g.event(LabelAdded(page_id=PAGE, user_id=users[7], timestamp=T0, label="vip")),
+    )
+    g.turn(g.create("spent", purpose="otn"))  # users[2..4]'s tokens are used by another broadcast
+    g.run_out()
+    g.turn(g.event(optin(users[4], g.now - H, token="again")))  # users[4] opts in again
+    assess_all(g)
+    p = g.partition
+    for audience, purpose in [
+        (Audience(topic=TOPIC), "auto"),
+        (Audience(topic=TOPIC), "otn"),
+        (Audience(), "auto"),
+        (Audience(), "response"),
+        (Audience(labels_none=("vip",)), "auto"),
+        (Audience(users=tuple(users)), "response"),
+    ]:
+        spec = BroadcastSpec(
+            broadcast_id="dry",
+            page_id=PAGE,
+            message={"text": "hi"},
+            audience=audience,
+            purpose=purpose,
+        )
+        for at in (g.now, g.now + 23 * H):  # later: users[6]'s window ended since
+            fast = dry_run_partition(p.broadcasts, spec, at, p.peek_state, None).wire()
+            saved, p.broadcasts.summaries = p.broadcasts.summaries, {}
+            full = dry_run_partition(p.broadcasts, spec, at, p.peek_state, None).wire()
+            p.broadcasts.summaries = saved
+            assert fast == full, (audience, purpose, at)
+    everyone = BroadcastSpec(broadcast_id="d", page_id=PAGE, message={"text": "hi"})
+    counted = dry_run_partition(p.broadcasts, everyone, g.now, lambda key: None, None)
+    assert counted.refused == {"user_unavailable": 1, "window_closed": 5}
+    assert counted.by_mechanism == {"RESPONSE": 2}
 
 
 # ---- the property: at most one decision per (broadcast, user), whatever happens ----------------
