@@ -34,7 +34,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -640,11 +640,6 @@ class Broadcasts:
         for gone in [b for b in self._walks if b not in self.broadcasts]:
             del self._walks[gone]  # walks of broadcasts the lost batch created
 
-    # ---- reading ------------------------------------------------------------------------------
-
-    def progress(self) -> list[BroadcastProgress]:
-        return [b.progress for b in self.broadcasts.values()]
-
 
 def _add(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
     if not more:
@@ -882,10 +877,3 @@ def _count_fast(
     out.members = len(members)
     out.by_mechanism = {"RESPONSE": window, "OTN": token}
     return out
-
-
-def combine(parts: Iterable[Mapping[str, Any]]) -> DryRun:
-    total = DryRun()
-    for part in parts:
-        total.add(part)
-    return total
