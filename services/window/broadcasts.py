@@ -282,7 +282,6 @@ class _Work:
 
     broadcasts: dict[str, Broadcast] = field(default_factory=dict)
     recipients: dict[tuple[bytes, str], Recipient] = field(default_factory=dict)
-    results: list[Result] = field(default_factory=list)
 
 
 Emit = Callable[[Result], None]
@@ -301,8 +300,8 @@ class Broadcasts:
         self._walks: dict[str, _Walk] = {}
         self._work: _Work | None = None
         self.summaries: dict[bytes, Summary] = {}
-        """Per user, what the reach facts say the window and each OTN topic allow until (the dry
-        run's cheap path); kept by the reach index's listener as it applies state changes."""
+        """Per user, the core's window and OTN verdicts as last assessed (the dry run's cheap
+        path), kept by the reach index's listener; ~150 B a user."""
 
     def summarise(self, key: bytes, state: UserState, verdicts: list[Verdict], now: int) -> None:
         self.summaries[key] = summary_of(state, verdicts, now, self.rules)
