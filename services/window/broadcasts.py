@@ -301,7 +301,7 @@ class Broadcasts:
         self._work: _Work | None = None
         self.summaries: dict[bytes, Summary] = {}
         """Per user, the core's window and OTN verdicts as last assessed (the dry run's cheap
-        path), kept by the reach index's listener; ~150 B a user."""
+        path), kept by the reach index's listener: ~360 B a user holding one topic."""
 
     def summarise(self, key: bytes, state: UserState, verdicts: list[Verdict], now: int) -> None:
         self.summaries[key] = summary_of(state, verdicts, now, self.rules)
