@@ -301,7 +301,7 @@ class Broadcasts:
         self._work: _Work | None = None
         self.summaries: dict[bytes, Summary] = {}
         """Per user, the core's window and OTN verdicts as last assessed (the dry run's cheap
-        path), kept by the reach index's listener: ~360 B a user holding one topic."""
+        path), kept by the reach index's listener: ~240 B a user holding one topic."""
 
     def summarise(self, key: bytes, state: UserState, verdicts: list[Verdict], now: int) -> None:
         self.summaries[key] = summary_of(state, verdicts, now, self.rules)
@@ -728,7 +728,7 @@ class Summary:
     platform: str
     window_until: int
     window_reason: str
-    otn: dict[str, tuple[int, str]] | None
+    otn: tuple[tuple[str, int, str], ...]  # (topic, until, reason): usually one, a dict is 4x
     blocked: str | None
 
 
@@ -736,15 +736,14 @@ def summary_of(state: UserState, verdicts: list[Verdict], now: int, rules: RuleB
     """The summary of a user the reach index just assessed (`verdicts`: `assess`'s, whose single
     refusal means a user-level block). The window and OTN verdicts are the core's own."""
     if len(verdicts) == 1 and not verdicts[0].allowed:
-        return Summary(now, state.platform, NEVER, verdicts[0].reason, None, verdicts[0].reason)
+        return Summary(now, state.platform, NEVER, verdicts[0].reason, (), verdicts[0].reason)
     ctx = Context(state, now, rules, rules.page(state.page_id), state.platform)
     window = window_verdict(ctx)
-    otn: dict[str, tuple[int, str]] | None = None
-    for topic in dict.fromkeys(t.topic for t in state.otn):
-        verdict = otn_verdict(ctx, topic)
-        if otn is None:
-            otn = {}
-        otn[topic] = (_until(verdict), verdict.reason)
+    otn = tuple(
+        (topic, _until(verdict), verdict.reason)
+        for topic in dict.fromkeys(t.topic for t in state.otn)
+        for verdict in (otn_verdict(ctx, topic),)
+    )
     return Summary(now, state.platform, _until(window), window.reason, otn, None)
 
 
@@ -864,15 +863,17 @@ def _count_fast(
         elif s.blocked is not None:
             refused[s.blocked] = refused.get(s.blocked, 0) + 1
             continue
-        held = s.otn.get(name) if s.otn is not None else None
-        if held is None:
-            keep(key)  # no token of the topic: the rule's lookup decides the reason
-        elif held[0] > now:
-            token += 1
-        elif held[0] != NEVER:
-            keep(key)
+        for held, until, reason in s.otn:
+            if held == name:
+                if until > now:
+                    token += 1
+                elif until != NEVER:
+                    keep(key)
+                else:
+                    refused[reason] = refused.get(reason, 0) + 1
+                break
         else:
-            refused[held[1]] = refused.get(held[1], 0) + 1
+            keep(key)  # no token of the topic: the rule's lookup decides the reason
     out.members = len(members)
     out.by_mechanism = {"RESPONSE": window, "OTN": token}
     return out
