@@ -46,6 +46,8 @@ also go to `bench/results/window-<UTC date and time>.json` (`window-scale-...` f
     python -m bench.window --quick    # about 2 minutes, smaller inputs
     python -m bench.window --scale    # phases 5-7 at 10 k, 100 k and 1 M users, then 2 workers
                                       # beside one on 16 partitions (docs/scaling.md's check)
+    python -m bench.window --broadcast [--broadcast-users 100000,1000000]
+                                      # a broadcast's fan-out and dry run (see `broadcast_async`)
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.results import Figure, print_table, shown, write_results
 from devtools.devbroker import LocalKafka, free_port, unique_name
 from devtools.window_harness import WindowProcess
+from schemas.broadcast import (
+    Audience,
+    BroadcastCommand,
+    BroadcastSpec,
+    CommandKind,
+    decode_progress,
+    encode_command,
+)
 from schemas.codec import to_wire
 from schemas.decision import decode_decision_record
 from schemas.events import (
@@ -104,10 +114,11 @@ from services.window.processing import (
 )
 from services.window.replay import read_to_end, rebuild
 from services.window.store import StoredUser, decode_stored_user, encode_stored_user
-from services.window.web import SERVED_BY_HEADER
-from services.window.worker import ensure_changelogs
+from services.window.web import DRY_RUN_PATH, SERVED_BY_HEADER
+from services.window.worker import ensure_broadcast_topics, ensure_changelogs
 from windowgate.core.rulebook import RuleBook, load_rules
 from windowgate.core.timeconst import DAY_MS, HOUR_MS
+from windowgate.core.transition import apply_event as fold_event
 
 PARTITIONS = 8
 RATE = 2_000
@@ -1318,7 +1329,208 @@ async def run_async(bootstrap: str, quick: bool) -> None:
     print(f"written: {shown(path)}")
 
 
-def run(quick: bool, scale: Sequence[int] = (), parallel_events: int = 0) -> None:
+# ---- --broadcast: a broadcast's fan-out, its dry run, and webhooks folded meanwhile --------------
+
+BROADCAST_USERS = (100_000, 1_000_000)
+BROADCAST_TOPIC = "restock"
+BROADCAST_PROBE_RATE = 200
+"""Webhook events/s sent while the fan-out runs (each a new user's first message)."""
+BROADCAST_PROBE_S = 10.0
+BROADCAST_FANOUT_MAX = 100_000
+"""A larger broadcast's rate is measured over its first this many decisions, then it is cancelled
+(the rest would take minutes on a shared 2-core machine and say nothing more)."""
+
+
+async def decisions_rate(worker: WindowProcess, total: int, timeout_s: float) -> Rate:
+    """Decisions/s (and per CPU-second of the worker) from now, when the broadcast is about to be
+    created, until the worker's counters show `total` decisions."""
+    pid = pid_of(worker)
+    started, cpu = time.monotonic(), cpu_seconds(pid)
+    while (count := await records_done(worker, "requests")) < total:
+        worker.check_alive()
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{count:,} of {total:,} recipients decided after {timeout_s} s")
+        await asyncio.sleep(POLL_S)
+    elapsed, used = time.monotonic() - started, cpu_seconds(pid) - cpu
+    return Rate(count / max(elapsed, 1e-9), count / max(used, 1e-9))
+
+
+async def send_broadcast_command(
+    bootstrap: str, topics: Topics, spec: BroadcastSpec, kind: CommandKind, now: int
+) -> None:
+    """One command to every partition, as the front writes it."""
+    command = BroadcastCommand(
+        kind=kind,
+        broadcast_id=spec.broadcast_id,
+        page_id=spec.page_id,
+        at=now,
+        spec=spec if kind == "create" else None,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition in range(PARTITIONS):
+            await producer.send(
+                topics.broadcast_commands,
+                key=spec.broadcast_id.encode(),
+                value=encode_command(command),
+                partition=partition,
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def broadcast_holders(users: int, now: int) -> Iterator[tuple[bytes, bytes]]:
+    """Users of one page holding one OTN token on BROADCAST_TOPIC, their window closed (so the
+    fan-out uses the token), as the worker would have stored them."""
+    for n in range(users):
+        event = OtnOptin(
+            page_id=PAGES[0],
+            user_id=f"bc-{n}",
+            timestamp=now - 30 * HOUR_MS,
+            token=f"tok-{n}",
+            topic=BROADCAST_TOPIC,
+        )
+        yield event.key.encode(), encode_stored_user(StoredUser(fold_event(None, event)))
+
+
+async def post_dry_run(worker: WindowProcess, spec: BroadcastSpec) -> tuple[float, dict[str, Any]]:
+    """(seconds, answer) of one dry run through the worker's endpoint."""
+    headers = {"Authorization": f"Bearer {worker.token}"}
+    started = time.monotonic()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session,
+        session.post(f"{worker.url}{DRY_RUN_PATH}", json=to_wire(spec), headers=headers) as answer,
+    ):
+        body = await answer.json()
+    return time.monotonic() - started, body
+
+
+async def broadcast_point(
+    bootstrap: str, users: int, workdir: Path
+) -> tuple[list[Figure], dict[str, Any]]:
+    """One size: holders straight into a fresh worker's changelog; the dry run timed (reach facts
+    complete: its cheap path); then a broadcast to all of them, its decisions/s from the worker's
+    counters, and webhook visibility (`latency`) measured while it fans out."""
+    prefix = f"{unique_name('bench-broadcast')}."
+    topics = Topics(prefix)
+    await ensure_topics(bootstrap, topics, PARTITIONS)
+    await ensure_broadcast_topics(bootstrap, topics, PARTITIONS)
+    app_id = f"{prefix}window"
+    changelog = changelog_topic(app_id, USERS_TABLE)
+    await ensure_changelogs(
+        bootstrap,
+        [changelog, changelog_topic(app_id, PAGES_TABLE), changelog_topic(app_id, "broadcasts")],
+        PARTITIONS,
+        1,
+    )
+    now = int(time.time() * 1000)
+    note(f"broadcast: {users:,} OTN holders into the changelog")
+    await produce(bootstrap, changelog, broadcast_holders(users, now), users)
+    worker = worker_for(bootstrap, prefix, workdir, f"broadcast-{users}").start()
+    try:
+        await until_serving(worker, [(PAGES[0], "bc-0")], 900)
+        await reach_complete(worker, 900)
+        spec = BroadcastSpec(
+            broadcast_id=f"bench-{users}",
+            page_id=PAGES[0],
+            message={"text": "back in stock"},
+            audience=Audience(topic=BROADCAST_TOPIC),
+        )
+        answer: dict[str, Any] = {}
+        deadline = time.monotonic() + 900
+        while not (answer.get("complete") and answer.get("audience") == users):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dry run never saw every holder: {answer}")
+            await asyncio.sleep(0.5)
+            _, answer = await post_dry_run(worker, spec)
+        timings = [(await post_dry_run(worker, spec))[0] for _ in range(3)]
+        dry_s = statistics.median(timings)
+        note(f"broadcast: dry run {dry_s * 1000:,.0f} ms ({answer['by_mechanism']})")
+        whole = users <= BROADCAST_FANOUT_MAX
+        counted = users if whole else BROADCAST_FANOUT_MAX
+        rate_task = asyncio.create_task(decisions_rate(worker, counted, 1800))
+        await send_broadcast_command(bootstrap, topics, spec, "create", now)
+        note(f"broadcast: fanning out to {users:,}; webhooks at {BROADCAST_PROBE_RATE}/s meanwhile")
+        visible, echoed, sent = await latency(
+            bootstrap, topics.events, changelog, BROADCAST_PROBE_S, BROADCAST_PROBE_RATE
+        )
+        during = not rate_task.done()
+        rate = await rate_task
+        if not whole:  # the first BROADCAST_FANOUT_MAX decisions were the measure: stop there
+            await send_broadcast_command(bootstrap, topics, spec, "cancel", now)
+            await asyncio.sleep(2.0)
+        decided = sum(
+            decode_progress(r.value).decided
+            for r in await read_topic(bootstrap, topics.broadcasts)
+            if r.value is not None
+        )
+    finally:
+        await worker.terminate()
+    p99 = percentile(visible, 0.99) if visible else float("nan")
+    figures = [
+        Figure(
+            f"broadcast fan-out: {users:,} recipients, decisions/s (1 worker"
+            + ("" if whole else f", first {counted:,}")
+            + ")",
+            rate.per_s,
+            "/s",
+            f"per CPU-second of the worker: {rate.per_cpu_s:,.0f}",
+            rate.per_cpu_s,
+            "≥ 20,000/s",
+            rate.per_s >= 20_000,
+            {"decided_in_progress_records": decided},
+        ),
+        Figure(
+            f"broadcast dry run: {users:,} users (median of 3)",
+            dry_s * 1000,
+            "ms",
+            f"slowest: {max(timings) * 1000:,.0f} ms",
+            max(timings) * 1000,
+            "≤ 1 s",
+            dry_s <= 1.0,
+            {"answer": answer},
+        ),
+        Figure(
+            f"p99 event visibility during the {users:,}-recipient fan-out",
+            p99,
+            "ms",
+            f"p50: {percentile(visible, 0.5) if visible else float('nan'):,.0f} ms; echo p99 "
+            f"{percentile(echoed, 0.99) if echoed else float('nan'):,.0f} ms",
+            percentile(echoed, 0.99) if echoed else None,
+            "≤ 500 ms" + ("" if during else " (the fan-out ended before the probe did)"),
+            p99 <= 500 if visible and during else None,
+            {"probe_events": sent, "visible": len(visible), "fan_out_still_running": during},
+        ),
+    ]
+    return figures, {f"broadcast_{users}_decided": decided}
+
+
+async def broadcast_async(bootstrap: str, sizes: Sequence[int]) -> None:
+    began = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-broadcast-"))
+    figures: list[Figure] = []
+    inputs: dict[str, Any] = {"partitions": PARTITIONS, "sizes": list(sizes)}
+    try:
+        for users in sizes:
+            more, found = await broadcast_point(bootstrap, users, workdir)
+            figures += more
+            inputs.update(found)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print_table(figures)
+    path = write_results("window-broadcast", figures, False, inputs, began)
+    print(f"written: {shown(path)}")
+
+
+def run(
+    quick: bool,
+    scale: Sequence[int] = (),
+    parallel_events: int = 0,
+    broadcast: Sequence[int] = (),
+) -> None:
     print(
         f"windowgate window bench{' (--scale)' if scale else ' (--quick)' if quick else ''}: "
         f"Python "
@@ -1332,7 +1544,9 @@ def run(quick: bool, scale: Sequence[int] = (), parallel_events: int = 0) -> Non
         else:
             kafka = stack.enter_context(LocalKafka())
             bootstrap = kafka.bootstrap
-        if scale:
+        if broadcast:
+            asyncio.run(broadcast_async(bootstrap, broadcast))
+        elif scale:
             asyncio.run(scale_async(bootstrap, scale, parallel_events))
         else:
             asyncio.run(run_async(bootstrap, quick))
@@ -1360,9 +1574,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=PARALLEL_EVENTS,
         help="--scale: the backlog of the 1-vs-2-workers check (0 leaves it out)",
     )
+    parser.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="a broadcast's fan-out rate, dry-run time and webhook visibility meanwhile; results "
+        "in bench/results/window-broadcast-*.json",
+    )
+    parser.add_argument(
+        "--broadcast-users",
+        default=",".join(str(n) for n in BROADCAST_USERS),
+        help="--broadcast's audience sizes, comma-separated",
+    )
     args = parser.parse_args(argv)
     scale = [int(n) for n in args.users.split(",")] if args.scale else []
-    run(args.quick, scale, args.parallel_events)
+    broadcast = [int(n) for n in args.broadcast_users.split(",")] if args.broadcast else []
+    run(args.quick, scale, args.parallel_events, broadcast)
     return 0
 
 

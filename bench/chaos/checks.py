@@ -19,8 +19,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.chaos.stack import REPO_ROOT
-from bench.chaos.traffic import Ledger, request_id_of
+from bench.chaos.traffic import Ledger, broadcast_of, request_id_of
 from devtools.graph_standin import Call
+from schemas.broadcast import recipient_request_id
 from schemas.codec import SchemaError
 from schemas.decision import Decision, decode_decision_record
 from schemas.events import Event, MessageReceived, OtnOptin, decode_event
@@ -273,6 +274,24 @@ class GraphFindings:
     forbidden: Finding
 
 
+Grants = dict[str, tuple[str, str, int]]
+"""OTN token -> (page, user, granted at), from the accepted opt-ins."""
+
+
+def call_request_id(call: Call, grants: Grants) -> str | None:
+    """The request a Graph call carries: named in its text, or, for a broadcast (one text for
+    all), the recipient's derived request id (the user from the recipient id, or from the opt-in
+    that granted the OTN token the call uses)."""
+    request_id = request_id_of(call.text)
+    broadcast_id = broadcast_of(call.text)
+    if request_id is not None or broadcast_id is None:
+        return request_id
+    user = call.recipient.get("id")
+    if user is None and call.token is not None and call.token in grants:
+        user = grants[call.token][1]
+    return recipient_request_id(broadcast_id, str(user) if user is not None else "?")
+
+
 def check_graph(
     calls: list[Call],
     ledger: Ledger,
@@ -285,15 +304,10 @@ def check_graph(
     for token, n in Counter(c.token for c in delivered if c.token).items():
         if n > 1:
             found.tokens_twice.add(f"{token}: {n} calls")
-    ids = Counter(request_id_of(c.text) for c in delivered)
-    ids.pop(None, None)
-    for request_id, n in ids.items():
-        if n > 1:
-            found.requests_twice.add(f"{request_id}: {n} calls")
 
     # What Meta told the gateway, from bodies it accepted: user messages and opt-in grants.
     messages: dict[tuple[str, str], list[int]] = defaultdict(list)
-    grants: dict[str, tuple[str, str, int]] = {}
+    grants: Grants = {}
     for body in ledger.bodies:
         if not body.accepted:
             continue
@@ -303,9 +317,15 @@ def check_graph(
             elif isinstance(event, OtnOptin):
                 grants[event.token] = (event.page_id, event.user_id, event.timestamp)
 
+    ids = Counter(call_request_id(c, grants) for c in delivered)
+    ids.pop(None, None)
+    for request_id, n in ids.items():
+        if n > 1:
+            found.requests_twice.add(f"{request_id}: {n} calls")
+
     for call in calls:
         at_ms = int((call.at + wall_offset_s) * 1000)
-        request_id = request_id_of(call.text)
+        request_id = call_request_id(call, grants)
         allowed = [d for d in decisions.get(request_id or "", []) if d.allowed and not d.duplicate]
         what = f"call {call.path} for {request_id}"
         if not allowed:
@@ -332,6 +352,44 @@ def check_graph(
                 found.forbidden.add(f"{what}: {kind} with no user message in the 24 h before")
         else:
             found.forbidden.add(f"{what}: {kind or 'no messaging_type'} is never asked for here")
+    return found
+
+
+# ---- the broadcast -------------------------------------------------------------------------------
+
+
+@dataclass
+class BroadcastFindings:
+    recipients: int
+    graph_calls: int
+    decided_twice: Finding
+    messaged_twice: Finding
+
+
+def check_broadcast(
+    broadcast_id: str, decisions: dict[str, list[Decision]], calls: list[Call], ledger: Ledger
+) -> BroadcastFindings:
+    """Each recipient of the run's broadcast decided at most once (whatever was killed, paused,
+    resumed) and sent at most one message; tokens used twice are `check_graph`'s count."""
+    prefix = f"bc:{broadcast_id}:"
+    grants: Grants = {
+        e.token: (e.page_id, e.user_id, e.timestamp)
+        for b in ledger.bodies
+        if b.accepted
+        for e in b.events
+        if isinstance(e, OtnOptin)
+    }
+    mine = {rid: ds for rid, ds in decisions.items() if rid.startswith(prefix)}
+    found = BroadcastFindings(len(mine), 0, Finding(), Finding())
+    for request_id, decided in mine.items():
+        new = [d for d in decided if not d.duplicate]
+        if len(new) > 1:
+            found.decided_twice.add(f"{request_id}: {len(new)} decisions")
+    ours = [c for c in calls if c.delivered_maybe and broadcast_of(c.text) == broadcast_id]
+    found.graph_calls = len(ours)
+    for recipient, n in Counter(call_request_id(c, grants) for c in ours).items():
+        if n > 1:
+            found.messaged_twice.add(f"{recipient}: {n} calls")
     return found
 
 

@@ -23,6 +23,7 @@ from bench.chaos.checks import (
     DecisionFindings,
     Finding,
     WebhookFindings,
+    check_broadcast,
     check_decisions,
     check_graph,
     check_webhooks,
@@ -34,10 +35,11 @@ from bench.chaos.checks import (
     user_states,
 )
 from bench.chaos.stack import Broker, Service, clean_environ, service_env
-from bench.chaos.traffic import Traffic
+from bench.chaos.traffic import Traffic, broadcast_command, broadcast_specs
 from bench.results import commit as current_commit
 from devtools.devbroker import free_port, unique_name
 from devtools.graph_standin import GraphStandIn
+from schemas.broadcast import CommandKind
 from schemas.events import Event, MessageReceived, encode_event
 from schemas.topics import Topics
 from services.common.kafka import durable_producer
@@ -59,6 +61,9 @@ STARTUP_LIMIT_S = 180.0
 RECOVERY_LIMIT_S = 120.0
 HUNG_START_S = 25.0
 STUCK_S = 20.0  # settling ends early when nothing changed for this long
+BROADCAST_SLICE = 1
+BROADCAST_AT = 0.3  # of the run: the broadcasts are created then, paused, and resumed
+BROADCAST_PAUSE_S = 4.0
 
 
 @dataclass
@@ -132,6 +137,8 @@ class Chaos:
         self.others: dict[str, Service] = {}  # not part of the stack: the previous run
         self.traffic: Traffic | None = None
         self.session: aiohttp.ClientSession | None = None
+        self.broadcasts = broadcast_specs(self.run_id, next(iter(PAGES)))
+        self.broadcast_commands: list[dict[str, Any]] = []
 
     # ---- the stack ------------------------------------------------------------------------------
 
@@ -161,6 +168,8 @@ class Chaos:
             "WINDOW_DATA_DIR": str(data),
             "WINDOW_APP_ID": app_id,
             "WINDOW_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
+            # small slices: the broadcast is still fanning out when it is paused and faults hit
+            "WINDOW_BROADCAST_SLICE": str(BROADCAST_SLICE),
         }
 
     async def setup(self) -> None:
@@ -397,6 +406,43 @@ class Chaos:
             await asyncio.sleep(1.0)
         return None
 
+    # ---- the broadcast --------------------------------------------------------------------------
+
+    async def drive_broadcast(self) -> None:
+        """Create the run's broadcast a while in, pause it, resume it: its commands written with a
+        plain producer to every partition of the commands topic, as the front writes them (each
+        retried until the broker takes it: it may be down at that moment)."""
+        at = self.started + BROADCAST_AT * self.opts.seconds
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        await self.broadcast_command("create")
+        await asyncio.sleep(BROADCAST_PAUSE_S / 4)
+        await self.broadcast_command("pause")
+        await asyncio.sleep(BROADCAST_PAUSE_S)
+        await self.broadcast_command("resume")
+
+    async def broadcast_command(self, kind: CommandKind) -> None:
+        topic = Topics(self.prefix).broadcast_commands
+        for attempt in range(60):
+            producer = durable_producer(self.broker.bootstrap, request_timeout_ms=10_000)
+            try:
+                await producer.start()
+                for spec in self.broadcasts:
+                    value = broadcast_command(spec, kind)
+                    for partition in range(self.opts.partitions):
+                        await producer.send_and_wait(
+                            topic, value, key=spec.broadcast_id.encode(), partition=partition
+                        )
+                break
+            except Exception as exc:  # the broker is being killed: write them again (harmless)
+                say(f"broadcast {kind}: {type(exc).__name__}; again (attempt {attempt + 1})")
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+        at = round(time.monotonic() - self.started, 1)
+        self.broadcast_commands.append({"kind": kind, "at_s": at})
+        say(f"broadcasts: {kind} at {at} s")
+
     # ---- traffic and progress -------------------------------------------------------------------
 
     async def drive(self, stop: asyncio.Event) -> None:
@@ -444,7 +490,7 @@ class Chaos:
             stop = asyncio.Event()
             supervisor = asyncio.ensure_future(self.supervise())
             try:
-                await asyncio.gather(self.inject(stop), self.drive(stop))
+                await asyncio.gather(self.inject(stop), self.drive(stop), self.drive_broadcast())
                 fault_end = time.monotonic()
                 say(f"faults done at {fault_end - self.started:.0f} s; settling")
                 self.now_fault = "settling"
@@ -490,11 +536,34 @@ class Chaos:
         await asyncio.sleep(2.0)  # the last deliveries of what was just decided
         settled_s = time.monotonic() - fault_end
         graph = check_graph(self.standin.calls, ledger, decisions, self.wall_offset_s)
+        broadcasts = [
+            check_broadcast(spec.broadcast_id, decisions, self.standin.calls, ledger)
+            for spec in self.broadcasts
+        ]
         say("replay --compare ...")
         replay = await run_replay(
             self.broker.bootstrap, self.prefix, self.app_id, self.opts.partitions
         )
-        return self.report(hooks, asked, graph, replay, settled_s, events)
+        report = self.report(hooks, asked, graph, replay, settled_s, events)
+        counts = report["counts"]
+        counts["broadcast_recipients_decided_twice"] = sum(
+            b.decided_twice.count for b in broadcasts
+        )
+        counts["broadcast_users_messaged_twice"] = sum(b.messaged_twice.count for b in broadcasts)
+        report["passed"] = not any(counts.values())
+        report["broadcasts"] = {
+            "commands": self.broadcast_commands,
+            "by_id": {
+                spec.broadcast_id: {
+                    "recipients_decided": found.recipients,
+                    "graph_calls": found.graph_calls,
+                    "decided_twice": asdict(found.decided_twice),
+                    "messaged_twice": asdict(found.messaged_twice),
+                }
+                for spec, found in zip(self.broadcasts, broadcasts, strict=True)
+            },
+        }
+        return report
 
     def report(
         self,

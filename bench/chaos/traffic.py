@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from schemas.broadcast import Audience, BroadcastCommand, BroadcastSpec, CommandKind, encode_command
 from schemas.events import Event, OtnOptin
 from services.common.runtime import now_ms
 from services.ingest.signature import sign
@@ -32,7 +33,49 @@ from windowgate.meta.normalise import normalise
 
 TOPICS = ("back-in-stock", "price-drop")
 TEXT_PREFIX = "chaos "
+BROADCAST_PREFIX = "chaos-broadcast "
+"""A broadcast's message text: one text for every recipient (the recipient is in the call)."""
 OLD_MS = 30 * HOUR_MS  # an old timestamp: outside any 24 h window
+
+
+def broadcast_of(text: str | None) -> str | None:
+    """The broadcast id a Graph call's message text carries, if it is one of our broadcasts."""
+    if text is None or not text.startswith(BROADCAST_PREFIX):
+        return None
+    return text[len(BROADCAST_PREFIX) :]
+
+
+def broadcast_specs(run_id: str, page: str) -> tuple[BroadcastSpec, ...]:
+    """The run's broadcasts on `page`: to every holder of a TOPICS[0] token (`auto`: the open
+    window when there is one, else the token), and to every user of the page (`auto` with no
+    topic: the open window, else refused), the larger one, still fanning out when it is paused."""
+    restock, everyone = f"chaos-{run_id}-restock", f"chaos-{run_id}-everyone"
+    return (
+        BroadcastSpec(
+            broadcast_id=restock,
+            page_id=page,
+            message={"text": f"{BROADCAST_PREFIX}{restock}"},
+            audience=Audience(topic=TOPICS[0]),
+        ),
+        BroadcastSpec(
+            broadcast_id=everyone,
+            page_id=page,
+            message={"text": f"{BROADCAST_PREFIX}{everyone}"},
+        ),
+    )
+
+
+def broadcast_command(spec: BroadcastSpec, kind: CommandKind) -> bytes:
+    """One command record's value; written to every partition, key the broadcast id."""
+    return encode_command(
+        BroadcastCommand(
+            kind=kind,
+            broadcast_id=spec.broadcast_id,
+            page_id=spec.page_id,
+            at=now_ms(),
+            spec=spec if kind == "create" else None,
+        )
+    )
 
 
 def request_id_of(text: str | None) -> str | None:

@@ -136,6 +136,11 @@ class PartitionLogic(Protocol):
         """The partition is no longer ours. `clean`: every batch processed was committed (the state
         may be kept and caught up from its changelog later); else it must be thrown away."""
 
+    def wants_turn(self) -> float | None:
+        """Work of the logic's own, with no input (a broadcast's next slice, a schedule): seconds
+        until it wants a turn (`process([])`, committed like any batch); 0: now; None: none.
+        Return 0 only when a turn would make progress, or the partition spins."""
+
 
 # ---- one partition -------------------------------------------------------------------------------
 
@@ -271,8 +276,13 @@ class PartitionTask:
             if self.stopping:
                 return
             if not self.queue:
+                wait = self.logic.wants_turn()
+                if wait is not None and wait <= 0:
+                    await self._commit([], {})  # an idle turn: the logic's own work
+                    continue
                 self.wake.clear()
-                await self.wake.wait()
+                with contextlib.suppress(TimeoutError):  # a timer: the logic's next turn
+                    await asyncio.wait_for(self.wake.wait(), wait)
                 continue
             records: list[Record] = []
             offsets: dict[TopicPartition, int] = {}
@@ -318,12 +328,15 @@ class PartitionTask:
         last record written there (where a later read of only what followed can start)."""
         sends: list[asyncio.Future[Any]] = []
         written: dict[TopicPartition, int] = {}
+        if not outputs and not offsets:
+            return written  # an idle turn that wrote nothing: no transaction to open
         try:
             async with producer.transaction():
                 # Offsets first: Kafka 4 verifies one request per transactional id at a time
                 # (KIP-890), and an offset commit verified while a produce is being verified
                 # fails that produce with a retried NotEnoughReplicasError.
-                await producer.send_offsets_to_transaction(offsets, self.runner.group)
+                if offsets:  # an idle turn consumed no input
+                    await producer.send_offsets_to_transaction(offsets, self.runner.group)
                 for o in outputs:
                     sends.append(
                         await producer.send(o.topic, o.value, key=o.key, partition=o.partition)

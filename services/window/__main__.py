@@ -23,7 +23,7 @@ from services.common.runtime import load_rulebook
 from services.common.settings import Settings, SettingsError
 from services.common.topics import TopicLayoutError, ensure_topics
 from services.window.config import WindowConfig
-from services.window.worker import WindowWorker, ensure_changelogs
+from services.window.worker import WindowWorker, ensure_broadcast_topics, ensure_changelogs
 from windowgate.core.rulebook import RuleBook
 
 USAGE = "usage: python -m services.window {worker | replay [options]}"
@@ -55,7 +55,13 @@ async def _serve(settings: Settings, config: WindowConfig, rules: RuleBook) -> i
         )
         await ensure_changelogs(
             settings.kafka_bootstrap,
-            [config.users_changelog, config.pages_changelog],
+            [config.users_changelog, config.pages_changelog, config.broadcasts_changelog],
+            settings.partitions,
+            config.replication_factor,
+        )
+        await ensure_broadcast_topics(
+            settings.kafka_bootstrap,
+            Topics(settings.topic_prefix),
             settings.partitions,
             config.replication_factor,
         )

@@ -10,8 +10,11 @@
 | WINDOW_SESSION_TIMEOUT_S | 10 | how long a silent (killed) worker keeps its partitions |
 | WINDOW_LOG_LEVEL | INFO | log level |
 | WINDOW_FREEZE_AT_REQUEST | unset | test hook: SIGSTOP itself mid-batch after deciding it |
+| WINDOW_BROADCAST_SLICE | 100 | keys a broadcast's fan-out walks per partition per transaction |
+| WINDOW_BROADCAST_YIELD | 2.0 | after a slice of t s, the worker slices again after t x this |
 
-The changelog topics are `<app id>-users-changelog` and `<app id>-pages-changelog`. Their
+The changelog topics are `<app id>-users-changelog`, `<app id>-pages-changelog` and
+`<app id>-broadcasts-changelog`. Their
 replication is that of every topic, WINDOWGATE_REPLICATION_FACTOR (`Settings.replication_factor`),
 with the `min.insync.replicas` of `changelog_configs`.
 """
@@ -32,6 +35,7 @@ from services.common.topics import replication_configs
 
 USERS_TABLE = "users"
 PAGES_TABLE = "pages"
+BROADCASTS_TABLE = "broadcasts"
 _OLD_REPLICATION_VARIABLE = "WINDOW_REPLICATION_FACTOR"
 
 
@@ -47,6 +51,8 @@ class WindowConfig:
     session_timeout_s: float = 10.0
     log_level: str = "INFO"
     freeze_at_request: str | None = None
+    broadcast_slice: int = 100
+    broadcast_yield: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WindowConfig:
@@ -72,6 +78,8 @@ class WindowConfig:
             ),
             log_level=(env.get("WINDOW_LOG_LEVEL") or cls.log_level).upper(),
             freeze_at_request=env.get("WINDOW_FREEZE_AT_REQUEST") or None,
+            broadcast_slice=env_whole(env, "WINDOW_BROADCAST_SLICE", cls.broadcast_slice, 1),
+            broadcast_yield=env_number(env, "WINDOW_BROADCAST_YIELD", cls.broadcast_yield, 0.0),
         )
 
     @property
@@ -86,6 +94,10 @@ class WindowConfig:
     @property
     def pages_changelog(self) -> str:
         return changelog_topic(self.app_id, PAGES_TABLE)
+
+    @property
+    def broadcasts_changelog(self) -> str:
+        return changelog_topic(self.app_id, BROADCASTS_TABLE)
 
 
 def changelog_topic(app_id: str, table: str) -> str:

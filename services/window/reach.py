@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from schemas.state import UserState
-from windowgate.core.decide import assess
+from windowgate.core.decide import Verdict, assess
 from windowgate.core.rulebook import RuleBook
 from windowgate.core.timeconst import DAY_MS
 
@@ -100,7 +100,9 @@ def _label(kind: str, name: str) -> str:
     return sys.intern(f"{kind}:{name}")
 
 
-def user_facts(state: UserState, now: int, rules: RuleBook) -> tuple[tuple[Fact, ...], int | None]:
+def user_facts(
+    state: UserState, now: int, rules: RuleBook, verdicts: list[Verdict] | None = None
+) -> tuple[tuple[Fact, ...], int | None]:
     """What `assess` says this user can be reached by now, and until when; and the first instant
     at which time alone may change one of its verdicts (None: only an event or a rule change can),
     when the index must re-assess the user.
@@ -112,7 +114,7 @@ def user_facts(state: UserState, now: int, rules: RuleBook) -> tuple[tuple[Fact,
     reach: dict[str, int | None] = {}
     tokens: dict[tuple[str, str], int | None] = {}
     recheck: int | None = None
-    for verdict in assess(state, now, rules):
+    for verdict in assess(state, now, rules) if verdicts is None else verdicts:
         changes = verdict.changes_at
         if changes is not None and (recheck is None or changes < recheck):
             recheck = changes
@@ -212,6 +214,9 @@ class ReachIndex:
         self.complete: set[int] = set()
         self._boundaries = rule_boundaries(rules)
         self._next_boundary = self._boundary_after(now)
+        self.listener: Callable[[bytes, int, UserState, list[Verdict], int], None] | None = None
+        """Told each user's state and `assess` verdicts as they are applied, with the time they
+        were assessed at (the broadcasts' dry-run summaries)."""
 
     # ---- updates ---------------------------------------------------------------------------------
 
@@ -260,8 +265,11 @@ class ReachIndex:
         previous = self._users.get(key)
         if previous is not None:
             self._apply(previous.page_id, previous.partition, previous.facts, remove=True)
-        facts, recheck_at = user_facts(state, now, self.rules)
+        verdicts = assess(state, now, self.rules)
+        facts, recheck_at = user_facts(state, now, self.rules, verdicts)
         self._users[key] = _Indexed(state.page_id, partition, facts, recheck_at)
+        if self.listener is not None:
+            self.listener(key, partition, state, verdicts, now)
         self._keys_by_partition.setdefault(partition, set()).add(key)
         self._apply(state.page_id, partition, facts, remove=False)
         if recheck_at is not None:
@@ -319,6 +327,11 @@ class ReachIndex:
 
     def users(self) -> int:
         return len(self._users)
+
+    def facts(self, key: bytes) -> tuple[Fact, ...] | None:
+        """The user's facts as of the last flush (None: not indexed): the dry run's cheap path."""
+        indexed = self._users.get(key)
+        return None if indexed is None else indexed.facts
 
 
 def combine(partials: Iterable[Mapping[str, int]]) -> dict[str, int]:

@@ -26,6 +26,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from schemas.broadcast import BroadcastSpec, spec_from_wire
+from schemas.codec import SchemaError
 from schemas.events import event_key
 from schemas.state import PageState
 from services.common.auth import bearer_middleware
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 HOP_HEADER = "X-Windowgate-Forwarded"
 SERVED_BY_HEADER = "X-Windowgate-Served-By"
 FORWARD_TIMEOUT_S = 5.0
+DRY_RUN_PATH = "/v1/internal/broadcasts/dry-run"
 
 
 class Backend(Protocol):
@@ -68,6 +71,11 @@ class Backend(Protocol):
 
     def metrics(self) -> tuple[bytes, str]: ...
 
+    def dry_run_partials(self, spec: BroadcastSpec) -> dict[str, Any]:
+        """A broadcast's dry run over the partitions this worker owns and has indexed:
+        `{"audience", "by_mechanism", "refused", "partitions"}` (`broadcasts.DryRun.wire`)."""
+        ...
+
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
@@ -97,6 +105,7 @@ class QueryApi:
         app.router.add_get("/v1/pages/{page_id}/users/{user_id}", self.user)
         app.router.add_get("/v1/pages/{page_id}/reach", self.reach)
         app.router.add_get("/v1/internal/pages/{page_id}/reach", self.reach_partials)
+        app.router.add_post(DRY_RUN_PATH, self.dry_run)
         app.on_startup.append(self._open_session)
         app.on_cleanup.append(self._close_session)
         return app
@@ -107,6 +116,9 @@ class QueryApi:
     async def _close_session(self, _: web.Application) -> None:
         if self.session is not None:
             await self.session.close()
+
+    async def dry_run(self, request: web.Request) -> web.Response:
+        return await DryRunApi(self).handle(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         why_not = self.backend.ready()
@@ -201,6 +213,92 @@ class QueryApi:
             return {int(p): dict(c) for p, c in data["partitions"].items()}, None
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             return {}, f"{type(exc).__name__}: {exc}"
+
+
+def _bad_request(field: str, detail: str) -> web.Response:
+    return _json({"error": "invalid_request", "field": field, "detail": detail}, 400)
+
+
+def _spec_of(body: bytes) -> BroadcastSpec:
+    """The dry run's body: a BroadcastSpec's wire form (a `dry_run` flag, if the front passes the
+    caller's body along, is allowed and ignored)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError("", f"the body is not JSON: {exc}") from exc
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "dry_run"}
+    return spec_from_wire(data)
+
+
+class DryRunApi:
+    """`POST /v1/internal/broadcasts/dry-run`: what a broadcast would do now, over every partition.
+
+    Scatter-gather like the reach: this worker answers for its partitions and asks every other
+    owner for theirs (one hop: a forwarded request answers for its own partitions only). The answer
+    sums them and names partitions nobody answered for (`complete: false`)."""
+
+    def __init__(self, api: QueryApi) -> None:
+        self.api = api
+
+    async def handle(self, request: web.Request) -> web.Response:
+        backend = self.api.backend
+        why_not = backend.ready()
+        if why_not is not None:
+            return _unavailable(why_not)
+        body = await request.read()
+        try:
+            spec = _spec_of(body)
+        except SchemaError as exc:
+            return _bad_request(exc.field, str(exc))
+        if request.headers.get(HOP_HEADER):
+            return _json(backend.dry_run_partials(spec))
+        by_owner: dict[str, set[int]] = {}
+        for partition, url in backend.partition_owners().items():
+            by_owner.setdefault(url, set()).add(partition)
+        owners = sorted(by_owner)
+        answers = await asyncio.gather(*(self._part_of(url, spec, body, request) for url in owners))
+        total: dict[str, Any] = {"audience": 0, "by_mechanism": {}, "refused": {}}
+        covered: set[int] = set()
+        errors: dict[str, str] = {}
+        for url, (part, error) in zip(owners, answers, strict=True):
+            if error is not None or part is None:
+                errors[url] = error or "no answer"
+                continue
+            covered |= {int(p) for p in part.get("partitions", [])} & by_owner[url]
+            total["audience"] += int(part.get("audience", 0))
+            for name in ("by_mechanism", "refused"):
+                for label, n in dict(part.get(name, {})).items():
+                    total[name][label] = total[name].get(label, 0) + int(n)
+        missing = sorted(set(range(backend.partitions)) - covered)
+        total.update(
+            broadcast_id=spec.broadcast_id,
+            page_id=spec.page_id,
+            complete=not missing,
+            missing_partitions=missing,
+            errors=errors,
+        )
+        return _json(total)
+
+    async def _part_of(
+        self, url: str, spec: BroadcastSpec, body: bytes, request: web.Request
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        backend = self.api.backend
+        if url == backend.self_url:
+            return backend.dry_run_partials(spec), None
+        session = self.api.session
+        assert session is not None
+        headers = {HOP_HEADER: backend.self_url, "Content-Type": "application/json"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            async with session.post(f"{url}{DRY_RUN_PATH}", data=body, headers=headers) as answer:
+                if answer.status != 200:
+                    return None, f"HTTP {answer.status}"
+                data = orjson.loads(await answer.read())
+            return (data if isinstance(data, dict) else None), None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
 
 class WebServer:

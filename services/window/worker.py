@@ -32,12 +32,14 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from schemas.broadcast import BroadcastSpec
 from schemas.state import PageState, UserState, decode_page_state
 from schemas.topics import Topics
 from services.common.logread import Record, read_to_end, reader
 from services.common.partitioned import PartitionedRunner, RunnerHooks
 from services.common.runtime import now_ms
 from services.common.topics import TopicSpec, ensure_topic_specs
+from services.window.broadcasts import DryRun, Pacer, dry_run_partition
 from services.window.config import WindowConfig
 from services.window.partition import WindowPartition, WindowShared
 from services.window.processing import Result, partition_for
@@ -45,6 +47,7 @@ from services.window.queries import reach_view, user_view
 from services.window.reach import ReachIndex
 from services.window.store import decode_stored_user
 from services.window.web import QueryApi, WebServer
+from windowgate.core.decide import Verdict
 from windowgate.core.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
@@ -167,6 +170,7 @@ class WindowWorker:
         )
         self.own_pages: dict[bytes, tuple[int, PageState]] = {}
         self.reach = ReachIndex(rules, self._read_state, clock())
+        self.reach.listener = self._on_assessed
         self.shared = WindowShared(
             bootstrap=settings.kafka_bootstrap,
             partitions=self.partitions_count,
@@ -176,16 +180,21 @@ class WindowWorker:
             dead_letter_topic=self.topics.dead_letter,
             users_changelog=config.users_changelog,
             pages_changelog=config.pages_changelog,
+            commands_topic=self.topics.broadcast_commands,
+            broadcasts_topic=self.topics.broadcasts,
+            broadcasts_changelog=config.broadcasts_changelog,
             rules=rules,
             clock=clock,
             page_lookup=self._page,
             on_committed=self._on_committed,
             freeze_at_request=config.freeze_at_request,
+            broadcast_slice=config.broadcast_slice,
+            pacer=Pacer(config.broadcast_yield),
         )
         self.runner = PartitionedRunner(
             bootstrap=settings.kafka_bootstrap,
             group=config.app_id,
-            topics=[self.topics.events, self.topics.send_requests],
+            topics=[self.topics.events, self.topics.send_requests, self.topics.broadcast_commands],
             url=config.advertised_url,
             make_logic=lambda n: WindowPartition(n, self.shared),
             batch=config.batch,
@@ -259,6 +268,8 @@ class WindowWorker:
             self.reach.mark(key, partition, state)
         for result in results:
             kind = "events" if result.outcome in ("folded", "unchanged", "page") else "requests"
+            if result.outcome == "command":
+                kind = "broadcasts"
             if result.outcome == "dead_letter":
                 kind = "any"
                 log.warning("dead-lettered a record: %s", result.problem)
@@ -269,6 +280,13 @@ class WindowWorker:
                 )
             counter.inc()
         self.metrics_.batches.inc()
+
+    def _on_assessed(
+        self, key: bytes, partition: int, state: UserState, verdicts: list[Verdict], now: int
+    ) -> None:
+        logic = self.runner.logics.get(partition)
+        if isinstance(logic, WindowPartition):
+            logic.broadcasts.summarise(key, state, verdicts, now)
 
     def _on_assigned(self, partitions: set[int]) -> None:
         self.metrics_.partitions.set(len(self.runner.tasks))
@@ -387,6 +405,19 @@ class WindowWorker:
     def metrics(self) -> tuple[bytes, str]:
         return generate_latest(self.metrics_.registry), CONTENT_TYPE_LATEST
 
+    def dry_run_partials(self, spec: BroadcastSpec) -> dict[str, Any]:
+        now = self.clock()
+        self.reach.flush(now)  # the facts the cheap path reads are the states' latest
+        page = self.page_state(spec.page_id)
+        total = DryRun()
+        for n in sorted(self.runner.owned()):
+            logic = self.runner.logics.get(n)
+            if not isinstance(logic, WindowPartition) or not logic.broadcasts.index.ready:
+                continue  # restoring or indexing: reported missing, never half counted
+            part = dry_run_partition(logic.broadcasts, spec, now, logic.peek_state, page)
+            total.add(part.wire())
+        return total.wire()
+
 
 async def ensure_changelogs(
     bootstrap: str, names: list[str], partitions: int, replication: int | None = None
@@ -402,6 +433,26 @@ async def ensure_changelogs(
                 why_keyed="a changelog's partition n holds the state of partition n",
             )
             for name in names
+        ],
+        partitions,
+        replication,
+    )
+
+
+async def ensure_broadcast_topics(
+    bootstrap: str, topics: Topics, partitions: int, replication: int | None = None
+) -> None:
+    """The broadcasts' topics: the commands, co-partitioned with the keyed topics (each command is
+    written to every partition, so partition n's fan-out reads it in its own order), and the
+    compacted progress topic (`<broadcast_id>:<partition>`, the latest counts of each)."""
+    await ensure_topic_specs(
+        bootstrap,
+        [
+            TopicSpec(
+                topics.broadcast_commands,
+                why_keyed="partition n of the commands is read by the owner of partition n",
+            ),
+            TopicSpec(topics.broadcasts, keyed=False, configs={"cleanup.policy": "compact"}),
         ],
         partitions,
         replication,

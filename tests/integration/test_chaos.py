@@ -2,8 +2,9 @@
 
 The run is the black box of `bench.chaos`: its own Kafka broker (it kills and restarts it, so it
 never uses KAFKA_BOOTSTRAP_SERVERS), ingest, two window workers, two dispatchers and a Graph
-stand-in as processes, traffic through their HTTP faces. The assertion names every count that is
-not 0, with examples, and the faults with their recovery times.
+stand-in as processes, traffic through their HTTP faces, and a broadcast created, paused and
+resumed while the faults run (its commands written straight to the broker). The assertion names
+every count that is not 0, with examples, and the faults with their recovery times.
 """
 
 from __future__ import annotations
@@ -29,5 +30,8 @@ async def test_sixty_seconds_of_faults_lose_nothing_and_spend_nothing_twice(
     assert report["traffic"]["webhook_bodies_accepted"] > 0
     assert report["traffic"]["requests_answered"] > 0
     assert report["traffic"]["graph_calls"] > 0
+    broadcasts = report["broadcasts"]  # created, paused and resumed while faults ran
+    assert [c["kind"] for c in broadcasts["commands"]] == ["create", "pause", "resume"]
+    assert all(b["recipients_decided"] > 0 for b in broadcasts["by_id"].values()), broadcasts
     failed = {name: count for name, count in report["counts"].items() if count}
     assert not failed, summary(report)

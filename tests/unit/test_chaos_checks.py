@@ -6,9 +6,16 @@ from typing import Any
 
 import orjson
 
-from bench.chaos.checks import check_decisions, check_graph, check_webhooks, event_id
-from bench.chaos.traffic import TEXT_PREFIX, Body, Ledger, Request
+from bench.chaos.checks import (
+    check_broadcast,
+    check_decisions,
+    check_graph,
+    check_webhooks,
+    event_id,
+)
+from bench.chaos.traffic import BROADCAST_PREFIX, TEXT_PREFIX, Body, Ledger, Request
 from devtools.graph_standin import Call
+from schemas.broadcast import recipient_request_id
 from schemas.decision import Decision
 from windowgate.core.timeconst import HOUR_MS
 from windowgate.meta.normalise import normalise
@@ -126,3 +133,25 @@ def test_graph_calls_twice_and_against_the_rules_are_counted() -> None:
     fresh = Ledger(bodies=[body(message(later - HOUR_MS, "new"))])
     ok = check_graph([calls[0]], fresh, decisions, wall_offset_s=0.0)
     assert ok.forbidden.count == 0
+
+
+def broadcast_call(broadcast_id: str, at_ms: int, recipient: dict[str, Any]) -> Call:
+    payload = {"recipient": recipient, "message": {"text": BROADCAST_PREFIX + broadcast_id}}
+    return Call(at_ms / 1000, "/v25.0/me/messages", PAGE, payload, 200, {}, "ok")
+
+
+def test_a_broadcast_recipient_decided_or_messaged_twice_is_counted() -> None:
+    ledger = Ledger(bodies=[body(optin("tok-1", NOW - HOUR_MS))])
+    rid = recipient_request_id("bc1", USER)
+    decisions = {rid: [decision(rid, True, mechanism="OTN", reason="otn_token", token="tok-1")]}
+    once = [broadcast_call("bc1", NOW, {"one_time_notif_token": "tok-1"})]
+    clean = check_broadcast("bc1", decisions, once, ledger)
+    assert (clean.recipients, clean.graph_calls) == (1, 1)
+    assert (clean.decided_twice.count, clean.messaged_twice.count) == (0, 0)
+    graph = check_graph(once, ledger, decisions, wall_offset_s=0.0)
+    assert graph.forbidden.count == 0  # the call maps to the recipient's allowed decision
+    twice = once * 2
+    again = {rid: decisions[rid] * 2}
+    found = check_broadcast("bc1", again, twice, ledger)
+    assert (found.decided_twice.count, found.messaged_twice.count) == (1, 1)
+    assert check_graph(twice, ledger, decisions, wall_offset_s=0.0).requests_twice.count == 1

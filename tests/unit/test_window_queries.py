@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from devtools.devbroker import free_port
+from schemas.broadcast import BroadcastSpec
 from schemas.state import PageState, UserState
 from services.window.processing import partition_for
 from services.window.queries import reach_view, user_view
@@ -129,6 +130,17 @@ class FakeWorker:
 
     def metrics(self) -> tuple[bytes, str]:
         return b"window_records_total 0\n", "text/plain; version=0.0.4"
+
+    def dry_run_partials(self, spec: BroadcastSpec) -> dict[str, Any]:
+        """Each owned partition: 10 users, 7 by OTN, 3 refused."""
+        mine = sorted(p for p, url in self.owners.items() if url == self.url)
+        n = len(mine)
+        return {
+            "audience": 10 * n,
+            "by_mechanism": {"OTN": 7 * n} if n else {},
+            "refused": {"token_expired": 3 * n} if n else {},
+            "partitions": mine,
+        }
 
 
 class Cluster:
@@ -264,3 +276,45 @@ async def test_the_internal_reach_endpoint_needs_the_token_too(cluster: Cluster)
         f"{cluster.a.url}/v1/internal/pages/{PAGE}/reach", headers={HOP_HEADER: "x"}
     ) as answer:
         assert answer.status == 401
+
+
+# ---- the broadcasts' dry run, over every worker ------------------------------------------------
+
+DRY_RUN = "/v1/internal/broadcasts/dry-run"
+SPEC = {
+    "broadcast_id": "b1",
+    "page_id": PAGE,
+    "message": {"text": "back in stock"},
+    "audience": {"topic": "restock"},
+    "dry_run": True,
+}
+
+
+async def test_a_dry_run_sums_every_workers_partitions(cluster: Cluster) -> None:
+    cluster.own({0: cluster.a, 1: cluster.b, 2: cluster.b, 3: cluster.a})
+    async with cluster.session.post(f"{cluster.a.url}{DRY_RUN}", json=SPEC, headers=AUTH) as answer:
+        assert answer.status == 200
+        body = await answer.json()
+    assert body["audience"] == 40 and body["by_mechanism"] == {"OTN": 28}
+    assert body["refused"] == {"token_expired": 12}
+    assert body["complete"] is True and body["missing_partitions"] == []
+
+
+async def test_a_dry_run_names_the_partitions_nobody_answered_for(cluster: Cluster) -> None:
+    cluster.own({0: cluster.a, 1: cluster.b, 2: cluster.b, 3: cluster.a})
+    cluster.b.why_not = "this worker is restoring partitions [1, 2]"
+    async with cluster.session.post(f"{cluster.a.url}{DRY_RUN}", json=SPEC, headers=AUTH) as answer:
+        body = await answer.json()
+    assert body["audience"] == 20 and body["complete"] is False
+    assert body["missing_partitions"] == [1, 2] and cluster.b.url in body["errors"]
+
+
+async def test_a_bad_dry_run_body_is_a_400_naming_the_field(cluster: Cluster) -> None:
+    cluster.own({p: cluster.a for p in range(PARTITIONS)})
+    bad = {**SPEC, "audience": {"topik": "restock"}}
+    async with cluster.session.post(f"{cluster.a.url}{DRY_RUN}", json=bad, headers=AUTH) as answer:
+        assert answer.status == 400
+        body = await answer.json()
+    assert body["field"] == "audience.topik"
+    async with cluster.session.post(f"{cluster.a.url}{DRY_RUN}", data=b"{", headers=AUTH) as answer:
+        assert answer.status == 400
