@@ -29,6 +29,7 @@ bench: install
 	$(PY) -m bench
 	$(PY) -m bench.ingest
 	$(PY) -m bench.window
+	$(PY) -m bench.window --broadcast --broadcast-users 100000
 	$(PY) -m bench.dispatcher
 	$(PY) -m bench.dispatcher --part broadcast
 	$(PY) -m bench.report
@@ -37,13 +38,16 @@ bench-quick: install
 	$(PY) -m bench --quick
 	$(PY) -m bench.ingest --quick
 	$(PY) -m bench.window --quick
+	$(PY) -m bench.window --broadcast --broadcast-users 20000
 	$(PY) -m bench.dispatcher --quick
 	$(PY) -m bench.dispatcher --part broadcast --quick
 	$(PY) -m bench.report
 
-## The window worker's cost at 10 k, 100 k and 1 M users, and 2 workers beside one (~10 min).
+## The window worker's cost at 10 k, 100 k and 1 M users, and 2 workers beside one (~10 min);
+## a broadcast's fan-out and dry run at 100 k and 1 M users.
 bench-scale: install
 	$(PY) -m bench.window --scale
+	$(PY) -m bench.window --broadcast --broadcast-users 100000,1000000
 	$(PY) -m bench.report
 
 ## Fault test: the whole stack as processes under kill -9, broker crashes and freezes (< 5 min).

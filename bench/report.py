@@ -27,13 +27,15 @@ from matplotlib.patches import Patch
 from bench.results import RESULTS, show
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHES = ("core", "ingest", "window", "dispatcher")
+BENCHES = ("core", "ingest", "window", "dispatcher", "window-broadcast", "broadcast")
 """The benches of `make bench`, in the order of the request's path."""
 TITLES = {
     "core": "Pure core (`python -m bench`)",
     "ingest": "Ingest (`python -m bench.ingest`)",
     "window": "Window worker (`python -m bench.window`)",
     "dispatcher": "Dispatcher (`python -m bench.dispatcher`)",
+    "window-broadcast": "Broadcast fan-out in the window (`python -m bench.window --broadcast`)",
+    "broadcast": "Broadcast delivery (`python -m bench.dispatcher --part broadcast`)",
     "window-scale": "Cost against users (`python -m bench.window --scale`)",
 }
 MET, MISSED, NO_TARGET, REFERENCE = "#2e7d32", "#c62828", "#1565c0", "#b0b0b0"

@@ -92,7 +92,7 @@ def test_the_report_shows_every_miss_and_its_plots(results_dir: Path, tmp_path: 
     assert "**FAILED**" in text and "| accepted webhooks lost | 2 **NOT met** |" in text
     assert "**not recovered**" in text
     assert "| 100,000 | 300,000 | 30,000/s |" in text
-    assert "No results yet for: window, dispatcher." in text
+    assert "No results yet for: window, dispatcher, window-broadcast, broadcast." in text
     for name in ("throughput", "latency", "scale", "chaos"):
         assert f"](plots/{name}.png)" in text
         assert (plots / f"{name}.png").read_bytes().startswith(PNG)
