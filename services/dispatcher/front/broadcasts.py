@@ -47,6 +47,7 @@ from schemas.broadcast import (
 )
 from schemas.codec import SchemaError, did_you_mean, loads, to_wire
 from schemas.topics import Topics
+from services.common.http import LazySession
 from services.common.topics import TopicSpec, ensure_topic_specs
 from windowgate.client import Tail
 from windowgate.core.message import CONTENT_KEYS
@@ -440,28 +441,20 @@ class DryRunFailed(Exception):
         super().__init__(body.get("detail"))
 
 
-class WindowDryRun:
+class WindowDryRun(LazySession):
     """`POST {window_url}/v1/internal/broadcasts/dry-run` with the spec; the window counts the
     audience, decides each recipient without folding anything back, and answers the counts."""
 
     PATH = "/v1/internal/broadcasts/dry-run"
 
     def __init__(self, window_url: str, token: str | None, timeout_s: float) -> None:
+        super().__init__(timeout_s)
         self.url = window_url.rstrip("/") + self.PATH
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def __call__(self, spec: BroadcastSpec) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
         try:
-            async with self._session.post(
+            async with self.session().post(
                 self.url, json=to_wire(spec), headers=self.headers
             ) as answer:
                 status, raw = answer.status, await answer.read()

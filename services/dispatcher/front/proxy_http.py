@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from services.common.http import LazySession
 from windowgate.meta.proxy import ProxyError, graph_params, meta_error, proxy_error, too_large
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Uploader(Protocol):
     ) -> tuple[int, dict[str, Any]]: ...
 
 
-class AttachmentUploader:
+class AttachmentUploader(LazySession):
     """Graph's Attachment Upload API: `POST /{v}/me/message_attachments` → `attachment_id`.
 
     With a file: multipart `message` + `filedata`, the file streamed from aiohttp's spool; without
@@ -170,20 +171,13 @@ class AttachmentUploader:
     sends), forwarded as given."""
 
     def __init__(self, base_url: str, version: str, timeout_s: float) -> None:
+        super().__init__(timeout_s)
         self.url = f"{base_url.rstrip('/')}/{version}/me/message_attachments"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def upload(
         self, access_token: str, attachment: dict[str, Any], file: web.FileField | None
     ) -> tuple[int, dict[str, Any]]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        session = self.session()
         headers = {"Authorization": f"Bearer {access_token}"}
         data: aiohttp.FormData | bytes
         if file is not None:
@@ -201,7 +195,7 @@ class AttachmentUploader:
             data = orjson.dumps({"message": {"attachment": attachment}})
             headers["Content-Type"] = "application/json"
         try:
-            async with self._session.post(self.url, data=data, headers=headers) as response:
+            async with session.post(self.url, data=data, headers=headers) as response:
                 status, raw = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("attachment upload failed: %s", type(exc).__name__)
