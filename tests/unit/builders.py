@@ -98,3 +98,19 @@ def comment(
         comment_id=comment_id,
         dedup_key=f"cm:{comment_id or post_id}",
     )
+
+
+def allowed(mechanism: Any, request_id: str = "r1", **kw: Any) -> Decision:
+    """An allowed decision for USER on PAGE at T0, by `mechanism` (token, tag... in `kw`)."""
+    return Decision(
+        request_id=request_id,
+        page_id=PAGE,
+        user_id=USER,
+        decided_at=T0,
+        allowed=True,
+        reason=kw.pop("reason", "window_open"),
+        detail="",
+        rules_version="t",
+        mechanism=mechanism,
+        **kw,
+    )

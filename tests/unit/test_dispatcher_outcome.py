@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from schemas.decision import Decision
 from schemas.events import (
     PageRestricted,
     SendOutcome,
@@ -21,7 +20,7 @@ from schemas.events import (
 from schemas.state import PageState
 from services.dispatcher.delivery.dispatchlog import Attempt
 from services.dispatcher.delivery.outcome import not_sent, settle, token_taken, unknown_after_crash
-from tests.unit.builders import PAGE, T0, USER, decided, empty, otn, rn_optin
+from tests.unit.builders import PAGE, T0, USER, allowed, decided, empty, otn, rn_optin
 from windowgate.core.fold import fold, fold_page
 from windowgate.meta.graph_errors import classify, classify_transport
 
@@ -122,21 +121,7 @@ def test_a_token_taken_by_another_request_is_left_to_its_holder() -> None:
     assert (s.done.status, s.done.calls, s.released) == ("failed", 0, None)
     assert "token already attempted by request r0" in (s.done.detail or "")
     # the holder's reservation survives what the refused request folds back
-    reserved = decided(
-        Decision(
-            request_id="r0",
-            page_id=PAGE,
-            user_id=USER,
-            decided_at=T0,
-            allowed=True,
-            reason="otn_token",
-            detail="",
-            rules_version="test",
-            mechanism="OTN",
-            token="otn-1",
-            topic="restock",
-        )
-    )
+    reserved = decided(allowed("OTN", "r0", reason="otn_token", token="otn-1", topic="restock"))
     state = fold(fold(empty(), otn(T0 - 1000, "otn-1")), reserved)
     for event in s.events:
         state = fold(state, event)

@@ -9,13 +9,12 @@ import pytest
 
 from schemas.codec import SchemaError
 from schemas.decision import (
-    Decision,
     DecisionRecord,
     decode_decision_record,
     encode_decision_record,
 )
 from schemas.request import SendRequest, decode_request, encode_request
-from tests.unit.builders import PAGE, T0, USER, H, message
+from tests.unit.builders import PAGE, T0, USER, H, allowed, message
 from tests.unit.test_window_processing import Worker, decisions_of, events_of
 from windowgate.core.pages import PageConfig, PagesError, parse_pages
 from windowgate.core.rulebook import load_rules
@@ -31,21 +30,6 @@ EXTRA = {
     "metadata": "crm-7",
     "brand_new_field": {"kept": True},
 }
-
-
-def allowed(mechanism: Any, **kw: Any) -> Decision:
-    return Decision(
-        request_id="r1",
-        page_id=PAGE,
-        user_id=USER,
-        decided_at=T0,
-        allowed=True,
-        reason="window_open",
-        detail="",
-        rules_version="t",
-        mechanism=mechanism,
-        **kw,
-    )
 
 
 def test_the_callers_fields_go_out_unchanged_beside_the_decided_ones() -> None:

@@ -8,28 +8,13 @@ from typing import Any
 import pytest
 
 from schemas.decision import Decision, DecisionRecord
-from tests.unit.builders import PAGE, T0, USER
+from tests.unit.builders import PAGE, USER, allowed
 from windowgate.core.pages import PageConfig
 from windowgate.meta.send_api import CannotSend, build_call, rate_class
 
 V = "v25.0"
 CONFIG = PageConfig(page_id=PAGE, ad_account_id="act_998877")
 TEXT = {"text": "Your order has shipped"}
-
-
-def allowed(mechanism: Any, **kw: Any) -> Decision:
-    return Decision(
-        request_id="r1",
-        page_id=PAGE,
-        user_id=USER,
-        decided_at=T0,
-        allowed=True,
-        reason="window_open",
-        detail="",
-        rules_version="t",
-        mechanism=mechanism,
-        **kw,
-    )
 
 
 def body_for(decision: Decision, message: dict[str, Any] | None = TEXT) -> dict[str, Any]:
