@@ -28,12 +28,14 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devtools.devbroker import free_port, unique_name
 from devtools.graph_standin import GraphStandIn
 from devtools.window_harness import WindowProcess
-from schemas.broadcast import recipient_request_id
-from schemas.events import Event, MessageReceived, OtnOptin
+from schemas.broadcast import BroadcastProgress, decode_progress, recipient_request_id
+from schemas.events import Event, MessageDelivered, MessageRead, MessageReceived, OtnOptin
+from schemas.topics import Topics
 from services.common.runtime import now_ms
 from services.dispatcher.service import DispatcherService
 from services.window.processing import partition_for
@@ -136,6 +138,8 @@ def seed_events(now: int) -> list[Event]:
 
 @dataclass
 class Stack:
+    bootstrap: str
+    topics: Topics
     window: WindowProcess
     standin: GraphStandIn
     url: str
@@ -166,6 +170,15 @@ class Stack:
         await until(check, f"{broadcast_id}: {what}", self.window, lambda: latest)
         return latest
 
+    async def until_labels(self, user_id: str, labels: list[str]) -> None:
+        """Until the window's user query shows exactly these labels (its committed state)."""
+
+        async def check() -> bool:
+            status, body, _ = await self.window.get(f"/v1/pages/{PAGE_EU}/users/{user_id}")
+            return status == 200 and body["state"].get("labels", []) == labels
+
+        await until(check, f"labels {labels} on {user_id}", self.window)
+
     def calls_for(self, text: str) -> Counter[str]:
         """Per user, the calls Graph got with this text: addressed by id, or by the one-time
         token the user was seeded with (`otn-<user>`), as an OTN send is."""
@@ -190,6 +203,29 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {deadline_s:.0f} s; last: {latest()}")
         await asyncio.sleep(0.1)
+
+
+async def read_progress(stack: Stack, broadcast_id: str) -> list[BroadcastProgress]:
+    """Each partition's latest committed progress of the broadcast, read from the topic to its
+    end (what the window has committed so far, with no reader's lag in between)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=None, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(stack.topics.broadcasts, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        latest: dict[bytes, BroadcastProgress] = {}
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                    if record.key is not None and record.value is not None:
+                        latest[record.key] = decode_progress(record.value)
+        return [p for p in latest.values() if p.broadcast_id == broadcast_id]
+    finally:
+        await consumer.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -230,7 +266,8 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
     try:
         await window.wait_ready()
         await service.start()
-        stack = Stack(window, standin, f"http://127.0.0.1:{service.port}", http)
+        url = f"http://127.0.0.1:{service.port}"
+        stack = Stack(kafka_bootstrap, topics, window, standin, url, http)
         await publish_events(kafka_bootstrap, topics.events, seed_events(now_ms()))
         for u in VIP:
             status, answer = await stack.call("PUT", f"/v1/pages/{PAGE_EU}/users/{u}/labels/vip")
@@ -375,6 +412,35 @@ async def test_a_broadcast_to_a_label_with_purpose_auto(stack: Stack) -> None:
     assert stack.calls_for(text) == Counter(dict.fromkeys(VIP_OPEN, 1))
     calls = stack.standin.calls_for(text)
     assert {c.body.get("messaging_type") for c in calls} == {"RESPONSE"}
+
+    # Meta's delivery and read webhooks: each recipient counted once, only for what was sent (a
+    # watermark before the send, a second read, or a user who was refused, counts nothing).
+    now = now_ms()
+    counted, early, refused_user = VIP_OPEN[:3], VIP_OPEN[3], VIP_CLOSED[0]
+
+    def delivered(u: str, watermark: int) -> Event:
+        return MessageDelivered(page_id=PAGE_EU, user_id=u, timestamp=now, watermark=watermark)
+
+    def read(u: str) -> Event:
+        return MessageRead(page_id=PAGE_EU, user_id=u, timestamp=now, watermark=now)
+
+    receipts = [delivered(early, now - 2 * HOUR), read(refused_user), read(counted[0])]
+    receipts += [read(counted[0]), delivered(counted[1], now), delivered(counted[2], now)]
+    receipts += [read(counted[2])]
+    await publish_events(stack.bootstrap, stack.topics.events, receipts)
+    # A label after them on every partition: once the window shows it, the receipts before it
+    # in the same partition are folded and counted (the counts commit with the states).
+    markers = {partition_for(key(u), PARTITIONS): u for u in WRITERS}
+    assert len(markers) == PARTITIONS
+    for u in markers.values():
+        status, answer = await stack.call("PUT", f"/v1/pages/{PAGE_EU}/users/{u}/labels/marked")
+        assert status == 200, answer
+        await stack.until_labels(u, ["marked"])
+    parts = await read_progress(stack, "e2e-vip")
+    assert sum(p.delivered for p in parts) == 3  # counted[0] by its read (read: delivered)
+    assert sum(p.read for p in parts) == 2
+    view = await stack.until_status("e2e-vip", lambda v: v["read"] == 2, "the reads counted")
+    assert view["delivered"] == 3
 
     status, listing = await stack.call("GET", f"/v1/broadcasts?page_id={PAGE_EU}")
     assert status == 200
