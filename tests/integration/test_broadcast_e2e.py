@@ -59,6 +59,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 2
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 TOPIC = "restock"
+SECOND_TOPIC = "price-drop"  # held by the holders of TOPIC whose token has not expired
 DAY = 24 * HOUR
 
 
@@ -100,6 +101,10 @@ def frozen_recipient() -> str:
     return allowed[1].decode().split(":")[1]
 
 
+def token_of(user_id: str, topic: str) -> str:
+    return f"{topic}-{user_id}"
+
+
 def seed_events(now: int) -> list[Event]:
     """Every seeded user's webhooks, as ingest would put them on the events topic."""
     events: list[Event] = []
@@ -111,21 +116,23 @@ def seed_events(now: int) -> list[Event]:
             )
         )
 
-    def opted_in(user_id: str, ago: int) -> None:
+    def opted_in(user_id: str, ago: int, topic: str = TOPIC) -> None:
         events.append(
             OtnOptin(
                 page_id=PAGE_EU,
                 user_id=user_id,
                 timestamp=now - ago,
-                token=f"otn-{user_id}",
-                topic=TOPIC,
+                token=token_of(user_id, topic),
+                topic=topic,
             )
         )
 
     for u in HOLDERS_CLOSED:
         opted_in(u, 30 * HOUR)
+        opted_in(u, 30 * HOUR, SECOND_TOPIC)
     for u in HOLDERS_OPEN:
         opted_in(u, 30 * HOUR)
+        opted_in(u, 30 * HOUR, SECOND_TOPIC)
         wrote(u, HOUR)
     for u in HOLDERS_EXPIRED:
         opted_in(u, 400 * DAY)
@@ -181,9 +188,9 @@ class Stack:
 
     def calls_for(self, text: str) -> Counter[str]:
         """Per user, the calls Graph got with this text: addressed by id, or by the one-time
-        token the user was seeded with (`otn-<user>`), as an OTN send is."""
+        token the user was seeded with (`<topic>-<user>`), as an OTN send is."""
         return Counter(
-            str(c.recipient.get("id") or (c.token or "").removeprefix("otn-"))
+            str(c.recipient.get("id") or (c.token or "").rpartition("-")[2])
             for c in self.standin.calls_for(text)
         )
 
@@ -283,13 +290,14 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
 
 async def until_seeded(stack: Stack) -> None:
     """Until the window has folded every seeded user (the last event of each: its label, else
-    its token, else its message), read through the window's user query."""
+    its tokens, else its message), read through the window's user query."""
 
     def folded(user_id: str, state: dict[str, Any]) -> bool:
         if user_id in VIP:
             return "vip" in state.get("labels", [])
         if user_id in HOLDERS:
-            return bool(state.get("otn")) and (
+            tokens = 1 if user_id in HOLDERS_EXPIRED else 2
+            return len(state.get("otn", [])) == tokens and (
                 user_id not in HOLDERS_OPEN or state.get("last_opener_at") is not None
             )
         return state.get("last_opener_at") is not None
@@ -365,7 +373,7 @@ async def test_a_broadcast_to_the_topics_holders_messages_each_once(stack: Stack
     calls = stack.calls_for(text)
     assert calls == Counter(dict.fromkeys(allowed, 1))  # one call per recipient, nobody else
     tokens = Counter(c.token for c in stack.standin.calls_for(text))
-    assert tokens == Counter({f"otn-{u}": 1 for u in allowed})
+    assert tokens == Counter({token_of(u, TOPIC): 1 for u in allowed})
     assert stack.standin.double_used_tokens() == {}
 
     rid = recipient_request_id("e2e-restock", HOLDERS_OPEN[0])
@@ -392,6 +400,28 @@ async def test_a_broadcast_to_the_topics_holders_messages_each_once(stack: Stack
     assert view["refused"] == {"token_expired": len(HOLDERS_EXPIRED)}, view
     assert stack.calls_for(text) == calls
     assert not stack.calls_for("(e2e-restock-2)")
+
+
+async def test_purpose_auto_to_a_topic_uses_the_open_window_and_keeps_the_token(
+    stack: Stack,
+) -> None:
+    text = "Prices dropped (e2e-auto-topic)"
+    body = spec("e2e-auto-topic", text, audience={"topic": SECOND_TOPIC})  # purpose: auto
+    status, created = await stack.call("POST", "/v1/broadcasts", body)
+    assert status == 202, created
+    holders = HOLDERS_CLOSED + HOLDERS_OPEN
+    view = await stack.until_status("e2e-auto-topic", finished(len(holders)), "done, all sent")
+    assert view["by_mechanism"] == {"OTN": len(HOLDERS_CLOSED), "RESPONSE": len(HOLDERS_OPEN)}
+    assert stack.calls_for(text) == Counter(dict.fromkeys(holders, 1))
+    tokens = {c.token for c in stack.standin.calls_for(text)}
+    assert tokens == {token_of(u, SECOND_TOPIC) for u in HOLDERS_CLOSED} | {None}
+
+    for u in (HOLDERS_OPEN[0], HOLDERS_CLOSED[0]):  # the window's state: kept, and spent
+        status, user_view, _ = await stack.window.get(f"/v1/pages/{PAGE_EU}/users/{u}")
+        assert status == 200, user_view
+        [token] = [t for t in user_view["state"]["otn"] if t["topic"] == SECOND_TOPIC]
+        kept = u in HOLDERS_OPEN
+        assert (token["status"] == "available") is kept, token
 
 
 async def test_a_broadcast_to_a_label_with_purpose_auto(stack: Stack) -> None:
