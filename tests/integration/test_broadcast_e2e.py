@@ -285,6 +285,8 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
         await http.close()
         await service.stop()
         await standin.stop()
+        if window.proc is not None and window.alive:
+            window.proc.send_signal(signal.SIGCONT)  # a test that failed while it was frozen
         await window.terminate()
 
 
