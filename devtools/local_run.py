@@ -11,11 +11,10 @@ service, the pages file, the window's data and the broker it started (`kafka/`).
 (INGEST_PORT, WINDOW_PORT, DISPATCHER_PORT, GRAPH_STANDIN_PORT, and WINDOWGATE_KAFKA_PORT /
 WINDOWGATE_KAFKA_CONTROLLER_PORT for a broker it starts) are checked before anything starts.
 
-The simulated users also opt in to OTN topics (the lists grow) and get labels (through the label
-API `PUT /v1/pages/{p}/users/{u}/labels/{label}` where the gateway has it, else as LabelAdded
-events on the events topic, which the window folds the same way); after `--broadcast-after`
-seconds the run dry-runs and starts two broadcasts (a topic's token holders, a label) and the
-summary shows them progressing.
+The simulated users also opt in to OTN topics (the lists grow) and get labels through the label
+API (`PUT /v1/pages/{p}/users/{u}/labels/{label}`, as an operator's tool would label them); after
+`--broadcast-after` seconds the run dry-runs and starts two broadcasts (a topic's token holders, a
+label) and the summary shows them progressing.
 
 With real credentials (META_APP_SECRET, META_VERIFY_TOKEN, GRAPH_API_URL, WINDOWGATE_PAGES) run the
 services themselves (`python -m services.ingest`, `python -m services.window worker`,
@@ -39,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from schemas.events import LabelAdded, encode_event
 from services.common.runtime import now_ms
 from services.common.settings import Settings, SettingsError, env_whole
 from services.ingest.config import DEMO_APP_SECRET
@@ -460,18 +458,10 @@ def webhook(page: str, element: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
 class Simulator:
     """Users who write, opt in to OTN topics and go quiet; services that ask to message them."""
 
-    def __init__(
-        self,
-        ingest: str,
-        dispatcher: str,
-        rng: random.Random,
-        label_events: Callable[[LabelAdded], Awaitable[None]] | None = None,
-    ) -> None:
+    def __init__(self, ingest: str, dispatcher: str, rng: random.Random) -> None:
         self.ingest = ingest
         self.dispatcher = dispatcher
         self.rng = rng
-        self.label_events = label_events
-        self.label_api: bool | None = None  # unknown until the first label is put
         self.users: dict[str, list[str]] = {page: [] for page in PAGES}
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
@@ -517,31 +507,13 @@ class Simulator:
             await self.label(session, page, user, self.rng.choice(LABELS))
 
     async def label(self, session: aiohttp.ClientSession, page: str, user: str, label: str) -> None:
-        """Put `label` on the user: the label API when the gateway has it, else the event."""
-        if self.label_api is not False:
-            url = f"{self.dispatcher}/v1/pages/{page}/users/{user}/labels/{label}"
-            headers = {"Authorization": f"Bearer {API_TOKEN}"}
-            async with session.put(url, headers=headers) as answer:
-                if answer.status < 300:
-                    self.label_api = True
-                    self.counts["labels (API)"] += 1
-                    return
-                if answer.status not in (404, 405):
-                    self.counts[f"labels {answer.status}"] += 1
-                    return
-                self.label_api = False  # not there yet: the events way from now on
-        if self.label_events is not None:
-            self.sequence += 1
-            event = LabelAdded(
-                page_id=page,
-                user_id=user,
-                timestamp=now_ms(),
-                label=label,
-                source="make-run",
-                dedup_key=f"label:run:{self.sequence}",
-            )
-            await self.label_events(event)
-            self.counts["labels (events)"] += 1
+        """Put `label` on the user through the label API, as an operator's tool would; the
+        summary counts the answers (an error shows as `labels <status>`)."""
+        url = f"{self.dispatcher}/v1/pages/{page}/users/{user}/labels/{label}"
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with session.put(url, headers=headers) as answer:
+            ok = answer.status == 200
+            self.counts["labels (API)" if ok else f"labels {answer.status}"] += 1
 
     async def start_broadcasts(self, session: aiohttp.ClientSession) -> list[str]:
         """Dry-run, then start, each of BROADCASTS on TRY_PAGE; one line per step."""
@@ -617,26 +589,6 @@ class Simulator:
         if isinstance(body, dict) and "reason" in body:
             verdict = "allowed" if body.get("allowed") else "refused"
             self.reasons[f"{verdict} {body.get('mechanism') or '-'} {body['reason']}"] += 1
-
-
-class LabelWriter:
-    """LabelAdded events straight onto the events topic (keyed like ingest's), for a gateway
-    without the label API: the window folds them like the API's own."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from services.common.kafka import durable_producer
-
-        self.topic = topic
-        self.producer = durable_producer(bootstrap)
-
-    async def start(self) -> None:
-        await self.producer.start()
-
-    async def stop(self) -> None:
-        await self.producer.stop()
-
-    async def publish(self, event: LabelAdded) -> None:
-        await self.producer.send_and_wait(self.topic, encode_event(event), key=event.key.encode())
 
 
 async def summary(
@@ -818,11 +770,7 @@ async def serve(args: argparse.Namespace, current: Run) -> None:
             print(f"  {child.name:<14} {urls[child.name]}", flush=True)
 
         await asyncio.gather(*(up(c, s[3]) for c, s in zip(children, specs, strict=True)))
-        labels = LabelWriter(bootstrap, f"{current.prefix}events")
-        await labels.start()
-        sim = Simulator(
-            urls["ingest"], urls["dispatcher"], random.Random(args.seed), labels.publish
-        )
+        sim = Simulator(urls["ingest"], urls["dispatcher"], random.Random(args.seed))
         opener = {"sender": {"id": TRY_USER}, "recipient": {"id": TRY_PAGE}, "timestamp": now_ms()}
         opener["message"] = {"mid": "m_run_try", "text": "Hi, is my order on its way?"}
         status = await sim.post(session, TRY_PAGE, opener)
@@ -858,8 +806,6 @@ async def serve(args: argparse.Namespace, current: Run) -> None:
             if time.monotonic() - started > 1.0:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     print(await summary(session, sim, urls["graph-standin"], started), flush=True)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await labels.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,5 +172,9 @@ def test_the_run_labels_users_and_shows_its_broadcasts_in_the_summary(
     run.wait_for("  broadcast run-vip ")  # its line in the live summary
     summary = [line for line in run.lines if line.startswith("  broadcast run-restock ")]
     assert summary and "decided" in summary[-1], run.output
-    assert any("labels (" in line for line in run.lines), run.output
+    dry_runs = [line for line in run.lines if line.startswith("dry run of run-")]
+    assert len(dry_runs) == 2 and all("recipients, would send" in d for d in dry_runs), run.output
+    run.wait_for("labels (API): ")  # the simulator labels users through the label API
+    counts = [line for line in run.lines if "labels (API): " in line]
+    assert not any("labels 4" in line or "labels 5" in line for line in counts), run.output
     assert run.interrupt() == 0

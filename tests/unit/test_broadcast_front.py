@@ -4,6 +4,7 @@ them (202 / 200 / 409 / 404, the commands written, the dry run asked of the wind
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -562,3 +563,42 @@ async def test_the_writer_writes_every_partition_and_replaces_a_broken_producer(
     assert made[1].sent == [(0, b"b1"), (1, b"b1"), (2, b"b1")]
     assert log == ["start", "begin", "abort", "stop", "start", "begin", "commit"]
     await writer.close()
+
+
+async def test_a_cancel_answers_once_every_partition_reports_it_finished(front: Any) -> None:
+    """Slices in flight when the cancel is written can still decide recipients: the answer waits
+    for every partition's finished progress, so nothing is decided after it and its counts are
+    final; without that within wait_s it says which partitions have not confirmed."""
+    client, fakes, book = front
+    written = asyncio.Event()
+
+    class Written(list[BroadcastCommand]):
+        def append(self, command: BroadcastCommand) -> None:
+            super().append(command)
+            written.set()
+
+    fakes.written = Written()
+    await client.post("/v1/broadcasts", json=body(), headers=AUTH)
+    for n in range(3):
+        book.apply_progress(f"b1:{n}", progress(n, "running", audience=2, decided=1))
+    written.clear()
+
+    async def windows_read_the_cancel() -> None:
+        await written.wait()  # the partitions answer once the command is written
+        for n in range(3):
+            book.apply_progress(f"b1:{n}", progress(n, "cancelled", audience=2, decided=2))
+        book.apply_progress("b1:3", progress(3, "done", audience=1, decided=1))
+
+    reader = asyncio.create_task(windows_read_the_cancel())
+    answer = await client.delete("/v1/broadcasts/b1", headers=AUTH)
+    await reader
+    data = await answer.json()
+    assert answer.status == 202
+    assert (data["confirmed"], data["status"], data["decided"]) == (True, "cancelled", 7)
+
+    await client.post("/v1/broadcasts", json=body(broadcast_id="b2"), headers=AUTH)
+    book.apply_progress("b2:0", replace(progress(0, "running"), broadcast_id="b2"))
+    answer = await client.delete("/v1/broadcasts/b2", headers=AUTH)
+    data = await answer.json()
+    assert answer.status == 202 and data["confirmed"] is False
+    assert "partitions [0, 1, 2, 3]" in data["detail"]

@@ -333,6 +333,7 @@ class BroadcastBook(Tail):
         self.commands_topic = topics.broadcast_commands
         self.known: dict[str, Known] = {}
         self.unreadable = 0
+        self._progressed = asyncio.Event()
 
     def get(self, broadcast_id: str) -> Known | None:
         return self.known.get(broadcast_id)
@@ -358,6 +359,19 @@ class BroadcastBook(Tail):
                 known.progress.pop(int(partition), None)
             return
         self.known.setdefault(broadcast_id, Known()).progress[progress.partition] = progress
+        self._progressed.set()
+
+    async def until(self, check: Callable[[], bool], timeout_s: float) -> bool:
+        """Whether `check()` holds, re-checked as progress records arrive, within `timeout_s`."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not check():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self._progressed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progressed.wait(), left)
+        return True
 
     def on_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -678,12 +692,38 @@ class BroadcastFront:
         written = await self._written(command)
         if isinstance(written, web.Response):
             return written
-        return _json(
-            {
-                "broadcast_id": broadcast_id,
-                "command": kind,
-                "partitions": written,
-                "status_url": self.status_url(broadcast_id),
-            },
-            202,
-        )
+        body: dict[str, Any] = {
+            "broadcast_id": broadcast_id,
+            "command": kind,
+            "partitions": written,
+            "status_url": self.status_url(broadcast_id),
+        }
+        if kind == "cancel":
+            body.update(await self._cancel_confirmed(broadcast_id, known))
+        return _json(body, 202)
+
+    async def _cancel_confirmed(self, broadcast_id: str, known: Known) -> dict[str, Any]:
+        """Wait (up to `wait_s`) until every partition reports the broadcast finished. A window
+        partition reads the cancel before it slices again and reports `cancelled` in that batch's
+        transaction, so once all have, no recipient is decided any more (answering when the
+        command was merely written let slices in flight decide more). The counts are then final.
+        Not confirmed in time (a window partition down or busy): `confirmed: false` and how many
+        partitions have not, since recipients they decide until they read it are messaged."""
+
+        def open_partitions() -> list[int]:
+            progress = known.progress
+            return [
+                p
+                for p in range(self.partitions)
+                if p not in progress or progress[p].status not in FINAL_STATES
+            ]
+
+        if await self.book.until(lambda: not open_partitions(), self.wait_s):
+            view = self._view(broadcast_id, known)
+            return {"confirmed": True, "status": view["status"], "decided": view["decided"]}
+        waiting = open_partitions()
+        return {
+            "confirmed": False,
+            "detail": f"written to every partition; partitions {waiting} have not confirmed it "
+            f"within {self.wait_s:g} s and decide recipients until they read it",
+        }
