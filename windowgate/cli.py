@@ -733,10 +733,13 @@ async def _command(args: argparse.Namespace, api: BroadcastApi, out: TextIO) -> 
     if args.json:
         _write_json(answer, out)
     else:
-        out.write(
-            f"{args.broadcast_command} of {args.broadcast_id} written to "
-            f"{answer.get('partitions')} partitions\n"
-        )
+        line = f"{args.broadcast_command} of {args.broadcast_id} written to "
+        line += f"{answer.get('partitions')} partitions"
+        if answer.get("confirmed") is True:  # a cancel: every partition has stopped deciding
+            line += f"; confirmed: {answer.get('status')}, {answer.get('decided')} decided"
+        elif answer.get("confirmed") is False:
+            line += f"; NOT confirmed yet: {answer.get('detail')}"
+        out.write(line + "\n")
     return EXIT_OK
 
 

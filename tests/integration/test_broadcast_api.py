@@ -216,16 +216,21 @@ async def test_pause_resume_cancel_write_their_commands_everywhere(front: Front)
     for method, path in [
         ("POST", f"/v1/broadcasts/{bid}/pause"),
         ("POST", f"/v1/broadcasts/{bid}/resume"),
-        ("DELETE", f"/v1/broadcasts/{bid}"),
     ]:
         status, answer = await front.call(method, path)
         assert (status, answer["partitions"]) == (202, PARTITIONS), answer
+    # A cancel answers once every partition reports the broadcast finished: play the window.
+    cancel = asyncio.create_task(front.call("DELETE", f"/v1/broadcasts/{bid}"))
     commands = await front.commands(bid, 4 * PARTITIONS)
     for partition in range(PARTITIONS):
         kinds = [c.kind for c in commands[partition]]
         assert kinds == ["create", "pause", "resume", "cancel"]
+    assert not cancel.done()  # no partition has confirmed yet
+    await front.progress(*(progress(bid, n, "cancelled") for n in range(PARTITIONS)))
+    status, answer = await cancel
+    assert (status, answer["partitions"], answer["confirmed"]) == (202, PARTITIONS, True), answer
     _, view = await front.call("GET", f"/v1/broadcasts/{bid}")
-    assert view["status"] == "cancelled"  # no partition reported: the last command says
+    assert view["status"] == "cancelled"
     assert (await front.call("GET", "/v1/broadcasts/never-created"))[0] == 404
 
 
@@ -304,7 +309,8 @@ async def test_the_cli_through_the_real_front(
     assert await asyncio.to_thread(main, follow) == 0
     assert "[" + "#" * 30 + "] 100%  3/3 decided" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["broadcast", "cancel", bid, *base]) == 0
-    assert f"cancel of {bid} written to {PARTITIONS} partitions" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"cancel of {bid} written to {PARTITIONS} partitions; confirmed: done, 3 decided" in said
     bad = ["broadcast", "create", "--page", "999", "--text", "x", "--topic", "t", *base]
     assert await asyncio.to_thread(main, bad) == 2
     assert "windowgate: page_id: unknown page '999'" in capsys.readouterr().err
