@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from devtools.devbroker import free_port
+from devtools.window_harness import WindowProcess
 from schemas.decision import DecisionRecord, encode_decision_record
 from schemas.events import (
     Event,
@@ -83,6 +85,28 @@ def write_pages(directory: Path) -> Path:
     path = directory / "pages.json"
     path.write_bytes(orjson.dumps(PAGES_JSON))
     return path
+
+
+def window_worker(
+    bootstrap: str,
+    prefix: str,
+    tmp: Path,
+    partitions: int,
+    pages: Path,
+    **env: str,
+) -> WindowProcess:
+    """A window worker process (not started) on the kit's topics, API token and a pages file;
+    `env`: more of its environment (WINDOW_BROADCAST_SLICE, test hooks...)."""
+    return WindowProcess(
+        bootstrap,
+        prefix=prefix,
+        port=free_port(),
+        data_dir=tmp / "window",
+        log=tmp / "window.log",
+        partitions=partitions,
+        token=API_TOKEN,
+        extra_env={"WINDOWGATE_PAGES": str(pages), **env},
+    )
 
 
 def config(

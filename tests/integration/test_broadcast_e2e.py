@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devtools.devbroker import free_port, unique_name
+from devtools.devbroker import unique_name
 from devtools.graph_standin import GraphStandIn
 from devtools.window_harness import WindowProcess
 from schemas.broadcast import BroadcastProgress, decode_progress, recipient_request_id
@@ -49,6 +49,7 @@ from tests.integration.dispatcher_kit import (
     create_topics,
     publish_events,
     rules,
+    window_worker,
     write_pages,
 )
 from tests.integration.test_window_worker import _stopped
@@ -240,19 +241,14 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
     tmp: Path = tmp_path_factory.mktemp("bc-e2e")
     prefix = unique_name("bce2e") + "."
     topics = await create_topics(kafka_bootstrap, prefix, PARTITIONS)
-    window = WindowProcess(
+    window = window_worker(
         kafka_bootstrap,
-        prefix=prefix,
-        port=free_port(),
-        data_dir=tmp / "window",
-        log=tmp / "window.log",
-        partitions=PARTITIONS,
-        token=API_TOKEN,
-        extra_env={
-            "WINDOWGATE_PAGES": str(write_pages(tmp)),
-            "WINDOW_BROADCAST_SLICE": "1",
-            "WINDOW_FREEZE_AT_REQUEST": HOLD + frozen_recipient(),
-        },
+        prefix,
+        tmp,
+        PARTITIONS,
+        write_pages(tmp),
+        WINDOW_BROADCAST_SLICE="1",
+        WINDOW_FREEZE_AT_REQUEST=HOLD + frozen_recipient(),
     ).start()
     standin = GraphStandIn(TOKENS)
     await standin.start()

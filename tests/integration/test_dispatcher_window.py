@@ -15,7 +15,7 @@ import aiohttp
 import fbmessenger
 import pytest_asyncio
 
-from devtools.devbroker import free_port, unique_name
+from devtools.devbroker import unique_name
 from devtools.graph_standin import GraphStandIn
 from devtools.window_harness import WindowProcess
 from schemas.events import MessageReceived, OtnOptin
@@ -32,6 +32,7 @@ from tests.integration.dispatcher_kit import (
     create_topics,
     publish_events,
     rules,
+    window_worker,
     write_pages,
 )
 
@@ -65,16 +66,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
     prefix = unique_name("e2e") + "."
     topics = await create_topics(kafka_bootstrap, prefix, PARTITIONS)
     pages = write_pages(tmp)
-    window = WindowProcess(
-        kafka_bootstrap,
-        prefix=prefix,
-        port=free_port(),
-        data_dir=tmp / "window",
-        log=tmp / "window.log",
-        partitions=PARTITIONS,
-        token=API_TOKEN,
-        extra_env={"WINDOWGATE_PAGES": str(pages)},
-    ).start()
+    window = window_worker(kafka_bootstrap, prefix, tmp, PARTITIONS, pages).start()
     standin = GraphStandIn(TOKENS)
     await standin.start()
     collector = Collector(kafka_bootstrap, topics)

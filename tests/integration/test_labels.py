@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest_asyncio
 
-from devtools.devbroker import free_port, unique_name
+from devtools.devbroker import unique_name
 from devtools.window_harness import WindowProcess
 from schemas.events import Event, LabelAdded, decode_event
 from schemas.topics import Topics
@@ -32,6 +32,7 @@ from tests.integration.dispatcher_kit import (
     config,
     create_topics,
     publish_events,
+    window_worker,
 )
 from windowgate.client import HttpGateway
 from windowgate.core.pages import parse_pages
@@ -84,16 +85,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
     topics = await create_topics(kafka_bootstrap, prefix, PARTITIONS)
     pages_file = tmp / "pages.json"
     pages_file.write_bytes(orjson.dumps(PAGES))
-    window = WindowProcess(
-        kafka_bootstrap,
-        prefix=prefix,
-        port=free_port(),
-        data_dir=tmp / "window",
-        log=tmp / "window.log",
-        partitions=PARTITIONS,
-        token=API_TOKEN,
-        extra_env={"WINDOWGATE_PAGES": str(pages_file)},
-    ).start()
+    window = window_worker(kafka_bootstrap, prefix, tmp, PARTITIONS, pages_file).start()
     service = DispatcherService(
         config(kafka_bootstrap, prefix, "http://127.0.0.1:9", partitions=PARTITIONS, role="api"),
         load_rules(None, parse_pages(PAGES)),

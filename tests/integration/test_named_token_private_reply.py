@@ -23,7 +23,7 @@ import orjson
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from devtools.devbroker import free_port, unique_name
+from devtools.devbroker import unique_name
 from devtools.graph_standin import Call, GraphStandIn
 from devtools.window_harness import WindowProcess
 from schemas.events import OtnOptin
@@ -44,6 +44,7 @@ from tests.integration.dispatcher_kit import (
     publish_events,
     rules,
     until,
+    window_worker,
     write_pages,
 )
 from tests.unit.test_ingest_app import CONFIG as INGEST_CONFIG
@@ -99,16 +100,7 @@ async def stack(kafka_bootstrap: str, tmp_path_factory: Any) -> AsyncIterator[St
     tmp: Path = tmp_path_factory.mktemp("otn")
     prefix = unique_name("otn") + "."
     topics = await create_topics(kafka_bootstrap, prefix, PARTITIONS)
-    window = WindowProcess(
-        kafka_bootstrap,
-        prefix=prefix,
-        port=free_port(),
-        data_dir=tmp / "window",
-        log=tmp / "window.log",
-        partitions=PARTITIONS,
-        token=API_TOKEN,
-        extra_env={"WINDOWGATE_PAGES": str(write_pages(tmp))},
-    ).start()
+    window = window_worker(kafka_bootstrap, prefix, tmp, PARTITIONS, write_pages(tmp)).start()
     standin = GraphStandIn(TOKENS)
     await standin.start()
     service = DispatcherService(
