@@ -17,7 +17,6 @@ from schemas.broadcast import BroadcastCommand, BroadcastProgress, BroadcastSpec
 from schemas.codec import SchemaError
 from schemas.request import SendRequest
 from schemas.topics import Topics
-from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.broadcasts import (
     BroadcastBook,
     BroadcastFront,
@@ -30,16 +29,14 @@ from services.dispatcher.front.broadcasts import (
     parse_submission,
     summarize,
 )
-from services.dispatcher.front.feeds import OutcomeWatcher
-from tests.unit.builders import PAGE, T0, H
-from windowgate.client import DecisionWatcher, HttpError, HttpGateway
+from tests.unit.builders import PAGE, H
+from tests.unit.front_kit import API_TOKEN, NOW, in_process_front
+from windowgate.client import HttpError, HttpGateway
 from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import load_rules
 from windowgate.core.timestamps import parse_iso_ms
 
-NOW = T0 + H
 PAGES = {PAGE: PageConfig(page_id=PAGE)}
-API_TOKEN = "api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
@@ -292,18 +289,7 @@ async def front() -> AsyncIterator[tuple[TestClient[Any, Any], Fakes, BroadcastB
         clock=lambda: NOW,
         wait_s=0.5,
     )
-    api = DispatcherApi(
-        rules=rules,
-        decisions=DecisionWatcher("unused:9092", Topics("t."), recent=10),
-        outcomes=OutcomeWatcher("unused:9092", "t.dispatch-log", recent=10),
-        tokens=None,
-        publish=no_messages,
-        clock=lambda: NOW,
-        api_tokens=(API_TOKEN,),
-        wait_s=0.5,
-        outcome_wait_s=0.5,
-        broadcasts=broadcasts,
-    )
+    api = in_process_front(rules, wait_s=0.5, publish=no_messages, broadcasts=broadcasts)
     async with TestClient(TestServer(api.app())) as client:
         yield client, fakes, book
 

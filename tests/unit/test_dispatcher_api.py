@@ -17,17 +17,15 @@ from schemas.decision import DecisionRecord
 from schemas.request import SendRequest
 from schemas.topics import Topics
 from services.dispatcher.delivery.dispatchlog import Done
-from services.dispatcher.front.api import DispatcherApi
 from services.dispatcher.front.feeds import OutcomeWatcher, TokenIndex, TokenOwner
-from tests.unit.builders import PAGE, T0, USER, H, message, otn
+from tests.unit.builders import PAGE, T0, USER, message, otn
+from tests.unit.front_kit import API_TOKEN, NOW, in_process_front
 from windowgate.client import DecisionWatcher
 from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import load_rules
 from windowgate.offline import OfflineGateway
 
 PAGE_TOKEN = "page-access-token"
-API_TOKEN = "api-token"
-NOW = T0 + H
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
@@ -84,16 +82,12 @@ async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], Window]]:
     tokens.owners["otn-1"] = TokenOwner(PAGE, USER, "restock", "messenger")
     tokens.is_caught_up = True
     window = Window(gateway, decisions, outcomes)
-    api = DispatcherApi(
-        rules=rules,
+    api = in_process_front(
+        rules,
         decisions=decisions,
         outcomes=outcomes,
         tokens=tokens,
         publish=window.publish,
-        clock=lambda: NOW,
-        api_tokens=(API_TOKEN,),
-        wait_s=0.3,
-        outcome_wait_s=0.3,
         page_tokens={PAGE: PAGE_TOKEN},
     )
     async with TestClient(TestServer(api.app())) as client:

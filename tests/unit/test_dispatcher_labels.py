@@ -14,19 +14,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.events import LabelAdded, LabelRemoved, decode_event, encode_event
 from schemas.request import SendRequest
-from schemas.topics import Topics
-from services.dispatcher.front.api import DispatcherApi
-from services.dispatcher.front.feeds import OutcomeWatcher
 from services.dispatcher.front.labels import LabelEvent
-from tests.unit.builders import PAGE, T0, USER, H
-from windowgate.client import DecisionWatcher, GatewayError, HttpGateway
+from tests.unit.builders import PAGE, USER
+from tests.unit.front_kit import API_TOKEN, NOW, in_process_front
+from windowgate.client import GatewayError, HttpGateway
 from windowgate.core.pages import PageConfig
 from windowgate.core.rulebook import load_rules
 from windowgate.offline import OfflineGateway
 
-API_TOKEN = "api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-NOW = T0 + H
 PATH = f"/v1/pages/{PAGE}/users/{USER}/labels"
 
 
@@ -62,18 +58,7 @@ async def _no_requests(request: SendRequest) -> None:
 async def setup() -> AsyncIterator[tuple[TestClient[Any, Any], EventLog]]:
     rules = load_rules(None, {PAGE: PageConfig(page_id=PAGE)})
     log = EventLog(OfflineGateway(rules))
-    api = DispatcherApi(
-        rules=rules,
-        decisions=DecisionWatcher("unused:9092", Topics("t."), recent=10),
-        outcomes=OutcomeWatcher("unused:9092", "t.dispatch-log", recent=10),
-        tokens=None,
-        publish=_no_requests,
-        clock=lambda: NOW,
-        api_tokens=(API_TOKEN,),
-        wait_s=0.3,
-        outcome_wait_s=0.3,
-        publish_event=log.publish,
-    )
+    api = in_process_front(rules, publish=_no_requests, publish_event=log.publish)
     async with TestClient(TestServer(api.app())) as client:
         yield client, log
 
